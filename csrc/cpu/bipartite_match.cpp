@@ -1,0 +1,249 @@
+// Bipartite soft matching (TESTA §3.2.2 "geometry-based" / "importance-based" aggregation; ToMe).
+//
+// Fused: cosine similarity, per-row max/argmax and the top-r pick happen tile by tile; the
+// (|A| x |B|) similarity matrix is never stored. Per batch row the kernel keeps only the
+// L2-normalised A rows, a transposed copy of the normalised B rows and one best score per A row.
+#include "cpu/common.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+namespace vidsel {
+namespace {
+
+constexpr int64_t kRowTile = 4;   // A rows per micro-tile; kRowTile x kColTile accumulators live in registers
+constexpr int64_t kColTile = 32;  // B columns per micro-tile
+constexpr double kNormEps = 1e-12;  // as torch.nn.functional.normalize
+
+enum PartitionKind : int64_t { kAlternate = 0, kImportance = 1 };
+
+int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+// Sources (A) and destinations (B) of one batch row, as token positions in ascending order.
+struct Partition {
+  std::vector<int64_t> a_pos;
+  std::vector<int64_t> b_pos;
+};
+
+Partition alternate_partition(int64_t n, int64_t protected_tokens) {
+  Partition p;
+  for (int64_t i = protected_tokens; i < n; ++i) {
+    ((i - protected_tokens) % 2 == 0 ? p.a_pos : p.b_pos).push_back(i);
+  }
+  return p;
+}
+
+// A = the r least important non-protected tokens (ties: lower position first), B = the others.
+template <typename imp_t>
+Partition importance_partition(const imp_t* importance, int64_t n, int64_t r, int64_t protected_tokens) {
+  std::vector<int64_t> order(n - protected_tokens);
+  std::iota(order.begin(), order.end(), protected_tokens);
+  auto less_important = [&](int64_t i, int64_t j) {
+    return importance[i] < importance[j] || (importance[i] == importance[j] && i < j);
+  };
+  std::nth_element(order.begin(), order.begin() + r, order.end(), less_important);
+  Partition p;
+  p.a_pos.assign(order.begin(), order.begin() + r);
+  p.b_pos.assign(order.begin() + r, order.end());
+  std::sort(p.a_pos.begin(), p.a_pos.end());
+  std::sort(p.b_pos.begin(), p.b_pos.end());
+  return p;
+}
+
+template <typename acc_t>
+void normalise_into(const acc_t* row, int64_t c_dim, acc_t* out, int64_t out_stride) {
+  acc_t sq = 0;
+  for (int64_t c = 0; c < c_dim; ++c) sq += row[c] * row[c];
+  const acc_t inv = acc_t(1) / std::max<acc_t>(std::sqrt(sq), acc_t(kNormEps));
+  for (int64_t c = 0; c < c_dim; ++c) out[c * out_stride] = row[c] * inv;
+}
+
+// Packed, normalised operands of one batch row: A row-major (na_pad x C), B transposed (C x nb_pad).
+template <typename acc_t>
+struct PackedRow {
+  std::vector<acc_t> a;
+  std::vector<acc_t> bt;
+  int64_t na = 0, nb = 0, na_pad = 0, nb_pad = 0;
+};
+
+template <typename acc_t>
+void pack_row(const acc_t* metric, int64_t c_dim, const Partition& part, PackedRow<acc_t>& packed) {
+  packed.na = part.a_pos.size();
+  packed.nb = part.b_pos.size();
+  packed.na_pad = round_up(std::max<int64_t>(packed.na, 1), kRowTile);
+  packed.nb_pad = round_up(std::max<int64_t>(packed.nb, 1), kColTile);
+  packed.a.assign(packed.na_pad * c_dim, acc_t(0));
+  packed.bt.assign(c_dim * packed.nb_pad, acc_t(0));
+  for (int64_t i = 0; i < packed.na; ++i) {
+    normalise_into(metric + part.a_pos[i] * c_dim, c_dim, packed.a.data() + i * c_dim, 1);
+  }
+  for (int64_t j = 0; j < packed.nb; ++j) {
+    normalise_into(metric + part.b_pos[j] * c_dim, c_dim, packed.bt.data() + j, packed.nb_pad);
+  }
+}
+
+// For kRowTile A rows: the best cosine similarity over all B rows and its index (first on ties).
+template <typename acc_t>
+void best_partner_tile(const acc_t* a, const acc_t* bt, int64_t c_dim, int64_t nb, int64_t nb_pad,
+                       acc_t* best, int64_t* best_index) {
+  const acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
+  acc_t lane_best[kRowTile][kColTile];
+  int32_t lane_index[kRowTile][kColTile];
+  for (int64_t m = 0; m < kRowTile; ++m) {
+    for (int64_t n = 0; n < kColTile; ++n) {
+      lane_best[m][n] = neg_inf;
+      lane_index[m][n] = 0;
+    }
+  }
+  for (int64_t j0 = 0; j0 < nb_pad; j0 += kColTile) {
+    acc_t acc[kRowTile][kColTile] = {};
+    for (int64_t c = 0; c < c_dim; ++c) {
+      const acc_t* b_row = bt + c * nb_pad + j0;
+      for (int64_t m = 0; m < kRowTile; ++m) {
+        const acc_t a_mc = a[m * c_dim + c];
+        for (int64_t n = 0; n < kColTile; ++n) acc[m][n] += a_mc * b_row[n];
+      }
+    }
+    for (int64_t m = 0; m < kRowTile; ++m) {
+      for (int64_t n = 0; n < kColTile; ++n) {
+        const int32_t j = static_cast<int32_t>(j0 + n);
+        const acc_t v = j < nb ? acc[m][n] : neg_inf;
+        const bool better = v > lane_best[m][n];  // strict: keeps the first j within a lane
+        lane_best[m][n] = better ? v : lane_best[m][n];
+        lane_index[m][n] = better ? j : lane_index[m][n];
+      }
+    }
+  }
+  for (int64_t m = 0; m < kRowTile; ++m) {
+    acc_t v = neg_inf;
+    int32_t j = std::numeric_limits<int32_t>::max();
+    for (int64_t n = 0; n < kColTile; ++n) {
+      const acc_t lv = lane_best[m][n];
+      if (lv > v || (lv == v && lane_index[m][n] < j)) {
+        v = lv;
+        j = lane_index[m][n];
+      }
+    }
+    best[m] = v;
+    best_index[m] = j;
+  }
+}
+
+// Writes the four index outputs of one batch row given which A rows merge and into which B row.
+void write_matching(int64_t n, const Partition& part, const std::vector<int64_t>& merging_a,
+                    const std::vector<int64_t>& partner, int64_t* kept, int64_t* merged,
+                    int64_t* merged_into, int64_t* dst) {
+  std::vector<int64_t> target(n, -1);
+  for (int64_t a : merging_a) target[part.a_pos[a]] = part.b_pos[partner[a]];
+  int64_t slot = 0, k = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (target[i] < 0) {
+      kept[slot] = i;
+      dst[i] = slot++;
+    } else {
+      merged[k] = i;
+      merged_into[k] = target[i];
+      ++k;
+    }
+  }
+  // Destinations are B tokens, which never merge themselves, so their slot is already final.
+  for (int64_t i = 0; i < k; ++i) dst[merged[i]] = dst[merged_into[i]];
+}
+
+template <typename acc_t>
+std::vector<at::Tensor> bipartite_match_impl(const at::Tensor& metric, int64_t r, int64_t partition,
+                                             const c10::optional<at::Tensor>& importance,
+                                             int64_t protected_tokens) {
+  const int64_t batch = metric.size(0), n = metric.size(1), c_dim = metric.size(2);
+  const auto index_opts = metric.options().dtype(at::kLong);
+  at::Tensor kept = new_output({batch, n - r}, index_opts);
+  at::Tensor merged = new_output({batch, r}, index_opts);
+  at::Tensor merged_into = new_output({batch, r}, index_opts);
+  at::Tensor dst = new_output({batch, n}, index_opts);
+
+  std::vector<Partition> parts(batch);
+  at::Tensor imp;
+  if (partition == kImportance) imp = importance->to(at::kDouble).contiguous();
+  for (int64_t b = 0; b < batch; ++b) {
+    parts[b] = partition == kAlternate
+                   ? alternate_partition(n, protected_tokens)
+                   : importance_partition(imp.data_ptr<double>() + b * n, n, r, protected_tokens);
+  }
+
+  const acc_t* metric_ptr = metric.data_ptr<acc_t>();
+  std::vector<PackedRow<acc_t>> packed(batch);
+  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) pack_row(metric_ptr + b * n * c_dim, c_dim, parts[b], packed[b]);
+  });
+
+  // Similarity + row max/argmax, parallel over (batch row, A tile) so B=1 still uses every thread.
+  const int64_t na_pad = packed.empty() ? 0 : packed[0].na_pad;
+  const int64_t tiles_per_row = na_pad / kRowTile;
+  std::vector<std::vector<acc_t>> best(batch, std::vector<acc_t>(na_pad));
+  std::vector<std::vector<int64_t>> partner(batch, std::vector<int64_t>(na_pad));
+  if (r > 0) {
+    at::parallel_for(0, batch * tiles_per_row, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t b = t / tiles_per_row, row0 = (t % tiles_per_row) * kRowTile;
+        const PackedRow<acc_t>& p = packed[b];
+        best_partner_tile(p.a.data() + row0 * c_dim, p.bt.data(), c_dim, p.nb, p.nb_pad,
+                          best[b].data() + row0, partner[b].data() + row0);
+      }
+    });
+  }
+
+  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t na = packed[b].na;
+      std::vector<int64_t> merging(na);
+      std::iota(merging.begin(), merging.end(), 0);
+      if (partition == kAlternate) {
+        // Top-r pairs by similarity (ties: lower position first) without a full sort.
+        const std::vector<acc_t>& s = best[b];
+        auto more_similar = [&](int64_t i, int64_t j) { return s[i] > s[j] || (s[i] == s[j] && i < j); };
+        std::nth_element(merging.begin(), merging.begin() + r, merging.end(), more_similar);
+        merging.resize(r);
+      }
+      write_matching(n, parts[b], merging, partner[b], kept.data_ptr<int64_t>() + b * (n - r),
+                     merged.data_ptr<int64_t>() + b * r, merged_into.data_ptr<int64_t>() + b * r,
+                     dst.data_ptr<int64_t>() + b * n);
+    }
+  });
+  return {kept, merged, merged_into, dst};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bipartite_match_cpu(
+    const at::Tensor& metric_in, int64_t r, int64_t partition, const c10::optional<at::Tensor>& importance,
+    int64_t protected_tokens) {
+  VIDSEL_CHECK_CPU(metric_in, "metric");
+  VIDSEL_CHECK_DIM(metric_in, 3, "metric");
+  TORCH_CHECK(at::isFloatingType(metric_in.scalar_type()), "vidsel: metric must be floating point");
+  const int64_t n = metric_in.size(1);
+  TORCH_CHECK(protected_tokens >= 0 && protected_tokens <= n, "vidsel: protected_tokens out of range");
+  TORCH_CHECK(partition == kAlternate || partition == kImportance, "vidsel: unknown partition ", partition);
+  const int64_t free_tokens = n - protected_tokens;
+  if (partition == kAlternate) {
+    TORCH_CHECK(r >= 0 && r <= free_tokens / 2, "vidsel: r=", r, " must be in [0, ", free_tokens / 2, "]");
+  } else {
+    TORCH_CHECK(r >= 0 && r < std::max<int64_t>(free_tokens, 1), "vidsel: r=", r, " out of range");
+    TORCH_CHECK(importance.has_value(), "vidsel: partition=importance needs an importance tensor");
+    TORCH_CHECK(importance->sizes() == at::IntArrayRef({metric_in.size(0), n}),
+                "vidsel: importance must have shape (B, N)");
+  }
+  const bool is_double = metric_in.scalar_type() == at::kDouble;
+  const at::Tensor metric = metric_in.to(is_double ? at::kDouble : at::kFloat).contiguous();
+  std::vector<at::Tensor> out = is_double
+      ? bipartite_match_impl<double>(metric, r, partition, importance, protected_tokens)
+      : bipartite_match_impl<float>(metric, r, partition, importance, protected_tokens);
+  return {out[0], out[1], out[2], out[3]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(vidsel_C, CPU, m) { m.impl("bipartite_match", &bipartite_match_cpu); }
+
+}  // namespace vidsel

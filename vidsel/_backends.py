@@ -1,0 +1,146 @@
+"""Which backends exist on this machine, why the others do not, and which one an op call uses.
+
+Backends of every op:
+  reference  pure PyTorch (vidsel/reference), any device, the ground truth in tests
+  cpu        C++ kernels from csrc/cpu (extension ``vidsel._C``), CPU tensors
+  triton     Triton kernels from kernels/ (``vidsel.kernels``); CUDA tensors, or CPU tensors
+             when the Triton interpreter is on (``TRITON_INTERPRET=1`` before importing triton)
+  cuda       CUDA C++ kernels from csrc/cuda (extension ``vidsel._C_cuda``), CUDA tensors
+
+``impl="auto"`` picks cuda, then triton, for CUDA tensors and cpu for CPU tensors, falling back to
+the reference only when no compiled backend exists (with a warning at import). The environment
+variable ``VIDSEL_IMPL`` replaces ``"auto"``. An explicit choice never falls back: when it cannot
+run, the error says why.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+IMPLS = ("auto", "reference", "cpu", "triton", "cuda")
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    name: str
+    built: bool
+    reason: str  # why it is not usable, or what it is when it is
+
+
+def _load_extension(module_name: str) -> tuple[bool, str]:
+    """Loads a compiled torch-library extension (a shared object registering vidsel_C ops)."""
+    matches = sorted(glob.glob(os.path.join(_PACKAGE_DIR, f"{module_name}.*.so")))
+    if not matches:
+        return False, f"vidsel/{module_name}.*.so not built (run `make build`)"
+    try:
+        torch.ops.load_library(matches[0])
+    except OSError as error:  # missing symbol, wrong torch, missing CUDA runtime ...
+        return False, f"{os.path.basename(matches[0])} failed to load: {error}"
+    return True, os.path.basename(matches[0])
+
+
+def _probe_triton() -> tuple[bool, str]:
+    if importlib.util.find_spec("triton") is None:
+        return False, "triton is not installed"
+    try:
+        import triton  # noqa: F401
+    except Exception as error:  # triton import can fail on exotic setups; report, never crash
+        return False, f"import triton failed: {error}"
+    mode = "interpreter (TRITON_INTERPRET=1)" if interpreter_enabled() else "compiled (needs a CUDA GPU)"
+    return True, f"triton {triton.__version__}, {mode}"
+
+
+def interpreter_enabled() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+_CPU_BUILT, _CPU_REASON = _load_extension("_C")
+if _CPU_BUILT:
+    _CUDA_BUILT, _CUDA_REASON = _load_extension("_C_cuda")
+else:
+    _CUDA_BUILT, _CUDA_REASON = False, "needs vidsel._C (the op schemas) which is not built"
+_TRITON_OK, _TRITON_REASON = _probe_triton()
+_CUDA_DEVICE = torch.cuda.is_available()
+_ENV_IMPL = os.environ.get("VIDSEL_IMPL", "auto")
+
+if _ENV_IMPL not in IMPLS:
+    raise ValueError(f"VIDSEL_IMPL={_ENV_IMPL!r} is not one of {IMPLS}")
+if not _CPU_BUILT:
+    warnings.warn(
+        f"vidsel: C++ CPU kernels unavailable ({_CPU_REASON}); impl='auto' uses the PyTorch reference",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+if _CPU_BUILT:
+    torch.ops.vidsel_C.set_debug_fill(os.environ.get("VIDSEL_DEBUG_FILL", "0") == "1")
+
+
+def backend_status() -> dict[str, BackendStatus]:
+    """Per backend: whether it can run here and why (not)."""
+    cuda_reason = _CUDA_REASON if not _CUDA_BUILT else f"{_CUDA_REASON}; " + (
+        "CUDA device present" if _CUDA_DEVICE else "built and linked, but no CUDA device to run on"
+    )
+    return {
+        "reference": BackendStatus("reference", True, f"PyTorch {torch.__version__}"),
+        "cpu": BackendStatus("cpu", _CPU_BUILT, _CPU_REASON),
+        "triton": BackendStatus("triton", _TRITON_OK, _TRITON_REASON),
+        "cuda": BackendStatus("cuda", _CUDA_BUILT, cuda_reason),
+    }
+
+
+def _unusable_reason(impl: str, device: torch.device) -> str | None:
+    """None when `impl` can run on tensors of `device`, else the reason it cannot."""
+    if impl == "reference":
+        return None
+    if impl == "cpu":
+        if not _CPU_BUILT:
+            return _CPU_REASON
+        return None if device.type == "cpu" else f"the cpu backend takes CPU tensors, got {device}"
+    if impl == "triton":
+        if not _TRITON_OK:
+            return _TRITON_REASON
+        if device.type == "cuda" or interpreter_enabled():
+            return None
+        return "triton needs CUDA tensors, or TRITON_INTERPRET=1 set before importing triton for CPU tensors"
+    if impl == "cuda":
+        if not _CUDA_BUILT:
+            return _CUDA_REASON
+        return None if device.type == "cuda" else f"the cuda backend takes CUDA tensors, got {device}"
+    return f"unknown impl {impl!r}"
+
+
+def resolve_impl(op_name: str, impl: str, device: torch.device, supported: tuple[str, ...]) -> str:
+    """The concrete backend an op call runs: `impl` itself when explicit, else the auto choice.
+
+    Raises ValueError for an unknown name and RuntimeError when an explicit backend cannot run
+    (naming the op and the reason) — an explicit request never silently falls back.
+    """
+    if not isinstance(impl, str) or impl not in IMPLS:
+        raise ValueError(f"{op_name}: impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "auto":
+        impl = _ENV_IMPL
+    if impl != "auto":
+        if impl not in supported:
+            raise RuntimeError(f"{op_name}: impl={impl!r} is not implemented (has {supported})")
+        reason = _unusable_reason(impl, device)
+        if reason is not None:
+            raise RuntimeError(f"{op_name}: impl={impl!r} cannot run here: {reason}")
+        return impl
+    preferred = ("cuda", "triton", "reference") if device.type == "cuda" else ("cpu", "reference")
+    for candidate in preferred:
+        if candidate in supported and _unusable_reason(candidate, device) is None:
+            return candidate
+    return "reference"
+
+
+def available_impls(device: torch.device | str = "cpu", supported: tuple[str, ...] = IMPLS[1:]) -> list[str]:
+    """Backends that can run on `device` here (used by tests to parametrise)."""
+    device = torch.device(device)
+    return [name for name in supported if _unusable_reason(name, device) is None]

@@ -1,0 +1,50 @@
+"""`python -m vidsel.info`: versions, and per op which backends can run here and why not."""
+
+from __future__ import annotations
+
+import platform
+import sys
+
+import torch
+
+import vidsel
+import vidsel.ops  # noqa: F401  (registers the ops)
+from vidsel import _backends
+
+# Public op name -> backends it implements. Extend when adding an op.
+OPS: dict[str, tuple[str, ...]] = {}
+
+
+def _collect_ops() -> dict[str, tuple[str, ...]]:
+    import importlib
+    import pkgutil
+
+    ops = {}
+    for module_info in pkgutil.iter_modules(vidsel.ops.__path__):
+        if module_info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"vidsel.ops.{module_info.name}")
+        ops[module_info.name] = getattr(module, "SUPPORTED_IMPLS", ("reference",))
+    return ops
+
+
+def report() -> str:
+    lines = [
+        f"vidsel {vidsel.__version__}",
+        f"python {platform.python_version()} ({sys.platform}), torch {torch.__version__}, "
+        f"CUDA device: {torch.cuda.is_available()}, threads: {torch.get_num_threads()}",
+        "",
+        "backends:",
+    ]
+    status = _backends.backend_status()
+    for name, st in status.items():
+        lines.append(f"  {name:<10} {'yes' if st.built else 'no ':<4} {st.reason}")
+    lines += ["", "ops (backends usable for CPU tensors here / implemented):"]
+    for op, supported in sorted(_collect_ops().items()):
+        usable = _backends.available_impls("cpu", supported)
+        lines.append(f"  {op:<24} {', '.join(usable):<28} / {', '.join(supported)}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(report())

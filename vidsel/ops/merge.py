@@ -1,0 +1,188 @@
+"""`merge`, `unmerge`, `merge_source`: apply a Matching (TESTA §3.2.2 "merge them by averaging").
+
+All three reduce to two row primitives registered as custom ops with autograd, fake kernels and FLOP
+formulas:
+    scatter_rows(x, dst, w, n_out)[b, j] = sum_{i: dst[b,i]=j} w[b,i] x[b,i]
+    gather_rows(y, dst, w)[b, i]         = w[b,i] y[b, dst[b,i]]
+Each is the adjoint of the other, so the backward of one is a call of the other.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+from torch.utils.flop_counter import register_flop_formula
+
+from vidsel import _backends
+from vidsel.ops._validation import check_tensor
+from vidsel.ops.bipartite_match import Matching
+from vidsel.reference import token_merging as reference
+
+SUPPORTED_IMPLS = ("reference", "cpu", "triton", "cuda")
+
+
+@torch.library.custom_op("vidsel::scatter_rows", mutates_args=())
+def _scatter_rows(x: Tensor, dst_index: Tensor, weight: Optional[Tensor], n_out: int, impl: str) -> Tensor:
+    if impl == "reference":
+        return reference.scatter_rows(x, dst_index, weight, n_out)
+    if impl in ("cpu", "cuda"):
+        return torch.ops.vidsel_C.scatter_rows(x, dst_index, weight, n_out)
+    if impl == "triton":
+        from vidsel.kernels.token_merge import scatter_rows
+
+        return scatter_rows(x, dst_index, weight, n_out)
+    raise ValueError(f"scatter_rows: unknown impl {impl!r}")
+
+
+@torch.library.custom_op("vidsel::gather_rows", mutates_args=())
+def _gather_rows(y: Tensor, dst_index: Tensor, weight: Optional[Tensor], impl: str) -> Tensor:
+    if impl == "reference":
+        return reference.gather_rows(y, dst_index, weight)
+    if impl in ("cpu", "cuda"):
+        return torch.ops.vidsel_C.gather_rows(y, dst_index, weight)
+    if impl == "triton":
+        from vidsel.kernels.token_merge import gather_rows
+
+        return gather_rows(y, dst_index, weight)
+    raise ValueError(f"gather_rows: unknown impl {impl!r}")
+
+
+@_scatter_rows.register_fake
+def _(x, dst_index, weight, n_out, impl):
+    return x.new_empty(x.shape[0], n_out, x.shape[2])
+
+
+@_gather_rows.register_fake
+def _(y, dst_index, weight, impl):
+    return y.new_empty(dst_index.shape[0], dst_index.shape[1], y.shape[2])
+
+
+def _rowwise_dot(a: Tensor, b: Tensor, dtype: torch.dtype) -> Tensor:
+    """Gradient of a per-row weight: <a[b, i], b[b, i]> for every row."""
+    return (a.to(torch.float64 if a.dtype == torch.float64 else torch.float32) * b).sum(-1).to(dtype)
+
+
+def _scatter_setup(ctx, inputs, output):
+    x, dst_index, weight, _, impl = inputs
+    ctx.save_for_backward(x, dst_index, weight)
+    ctx.impl = impl
+
+
+def _scatter_backward(ctx, grad):
+    x, dst_index, weight = ctx.saved_tensors
+    grad = grad.contiguous()
+    grad_x = _gather_rows(grad, dst_index, weight, ctx.impl) if ctx.needs_input_grad[0] else None
+    grad_w = None
+    if weight is not None and ctx.needs_input_grad[2]:
+        grad_w = _rowwise_dot(_gather_rows(grad, dst_index, None, ctx.impl), x, weight.dtype)
+    return grad_x, None, grad_w, None, None
+
+
+def _gather_setup(ctx, inputs, output):
+    y, dst_index, weight, impl = inputs
+    ctx.save_for_backward(y, dst_index, weight)
+    ctx.impl, ctx.n_rows = impl, y.shape[1]
+
+
+def _gather_backward(ctx, grad):
+    y, dst_index, weight = ctx.saved_tensors
+    grad = grad.contiguous()
+    grad_y = _scatter_rows(grad, dst_index, weight, ctx.n_rows, ctx.impl) if ctx.needs_input_grad[0] else None
+    grad_w = None
+    if weight is not None and ctx.needs_input_grad[2]:
+        grad_w = _rowwise_dot(_gather_rows(y, dst_index, None, ctx.impl), grad, weight.dtype)
+    return grad_y, None, grad_w, None
+
+
+_scatter_rows.register_autograd(_scatter_backward, setup_context=_scatter_setup)
+_gather_rows.register_autograd(_gather_backward, setup_context=_gather_setup)
+
+
+@register_flop_formula(torch.ops.vidsel.scatter_rows)
+def _scatter_flops(x_shape, dst_shape, weight_shape, n_out, impl, *args, **kwargs) -> int:
+    batch, n, d = x_shape
+    return batch * n * d * (2 if weight_shape is not None else 1)
+
+
+@register_flop_formula(torch.ops.vidsel.gather_rows)
+def _gather_flops(y_shape, dst_shape, weight_shape, impl, *args, **kwargs) -> int:
+    return 0 if weight_shape is None else dst_shape[0] * dst_shape[1] * y_shape[2]
+
+
+def _check_matching(matching) -> Matching:
+    if not isinstance(matching, Matching):
+        raise TypeError(f"matching must be a vidsel.ops.Matching, got {type(matching).__name__}")
+    return matching
+
+
+def _as_rows(name: str, x: Tensor, matching: Matching) -> Tensor:
+    """(B, N, *F) -> (B, N, prod(F)) view for the row kernels (frames as tokens flatten (L, D))."""
+    check_tensor(name, x, ndim=(3, 4, 5), floating=True, like=matching.dst_index)
+    batch, n = matching.dst_index.shape
+    if x.shape[0] != batch or x.shape[1] != n:
+        raise ValueError(f"{name} must have shape (B={batch}, N={n}, ...) to match the matching, got {tuple(x.shape)}")
+    return x.reshape(batch, n, -1)
+
+
+def merge(x: Tensor, matching: Matching, size: Tensor | None = None, impl: str = "auto") -> tuple[Tensor, Tensor]:
+    """Size-weighted average of every group of tokens the matching joins (ToMe merge_wavg).
+
+    Args:
+        x: (B, N, D) tokens, or (B, T, L, D) frames merged as whole frames (TESTA TAM).
+        matching: from bipartite_match on the same N tokens.
+        size: (B, N) or (B, N, 1) number of original tokens each token already stands for
+            (None = all ones). Differentiable like x, though usually a constant.
+        impl: "auto" | "reference" | "cpu" | "triton" | "cuda".
+
+    Returns:
+        x_merged (B, N - r, ...) with surviving tokens in their original order, each the average
+        sum_i size_i x_i / sum_i size_i over its group; size_merged (sums), shaped like `size`
+        ((B, N - r) when size is None).
+    """
+    matching = _check_matching(matching)
+    rows = _as_rows("x", x, matching)
+    batch, n = matching.dst_index.shape
+    n_out = matching.num_output
+    if size is None:
+        size_flat = torch.ones(batch, n, dtype=rows.dtype, device=rows.device)
+    else:
+        check_tensor("size", size, floating=True, like=x, shape=(batch, n) if size.dim() == 2 else (batch, n, 1))
+        size_flat = size.reshape(batch, n)
+    size_merged = size_flat.new_zeros(batch, n_out).scatter_add(1, matching.dst_index, size_flat)
+    weight = size_flat / size_merged.gather(1, matching.dst_index)
+    impl = _backends.resolve_impl("merge", impl, x.device, SUPPORTED_IMPLS)
+    merged = _scatter_rows(rows, matching.dst_index, weight, n_out, impl)
+    size_out = size_merged if size is None else size_merged.reshape(batch, n_out, *size.shape[2:])
+    return merged.reshape(batch, n_out, *x.shape[2:]), size_out
+
+
+def unmerge(x_merged: Tensor, matching: Matching, impl: str = "auto") -> Tensor:
+    """Copies every merged token back to each of its sources: (B, N - r, ...) -> (B, N, ...)."""
+    matching = _check_matching(matching)
+    check_tensor("x_merged", x_merged, ndim=(3, 4, 5), floating=True, like=matching.dst_index)
+    batch, n = matching.dst_index.shape
+    if x_merged.shape[0] != batch or x_merged.shape[1] != matching.num_output:
+        raise ValueError(
+            f"x_merged must have shape (B={batch}, N-r={matching.num_output}, ...), got {tuple(x_merged.shape)}"
+        )
+    impl = _backends.resolve_impl("unmerge", impl, x_merged.device, SUPPORTED_IMPLS)
+    rows = x_merged.reshape(batch, matching.num_output, -1)
+    return _gather_rows(rows, matching.dst_index, None, impl).reshape(batch, n, *x_merged.shape[2:])
+
+
+def merge_source(matching: Matching, source: Tensor | None = None, impl: str = "auto") -> Tensor:
+    """Which original tokens every output token covers; compose across layers by passing it back.
+
+    source: (B, N, N0) bool from the previous layer (None = identity, N0 = N).
+    Returns (B, N - r, N0) bool: out[b, j, k] is True when output token j contains original token k.
+    """
+    matching = _check_matching(matching)
+    batch, n = matching.dst_index.shape
+    if source is None:
+        source = torch.eye(n, dtype=torch.bool, device=matching.dst_index.device).expand(batch, n, n)
+    check_tensor("source", source, ndim=3, dtypes=(torch.bool,), like=matching.dst_index, shape=(batch, n, None))
+    impl = _backends.resolve_impl("merge_source", impl, source.device, SUPPORTED_IMPLS)
+    covered = _scatter_rows(source.to(torch.float32), matching.dst_index, None, matching.num_output, impl)
+    return covered > 0

@@ -1,0 +1,99 @@
+"""Pure-PyTorch reference of bipartite token merging (TESTA §3.2, ToMe). The ground truth.
+
+TESTA §3.2.2: partition the N tokens into sets A and B, find for each token of A its most similar
+token of B by cosine similarity of the attention keys, and merge R of the pairs by averaging.
+  * geometry-based ("alternate"): A and B alternate along the sequence; the R most similar pairs merge.
+  * importance-based: A = the R least important tokens by S_i = sum_{j != i} A_ji (eq. 1); all merge.
+Merging is ToMe's size-weighted average: x' = sum_i s_i x_i / sum_i s_i, s' = sum_i s_i.
+
+Tie rules, shared by every backend: the most similar B token is the first maximum; among equal
+pair scores (and equal importances) the lower position is chosen first.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+ALTERNATE, IMPORTANCE = 0, 1
+
+
+def _partition(
+    batch: int, n: int, r: int, kind: int, importance: torch.Tensor | None, protected: int, device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions of A (B, |A|) and B (B, |B|) tokens, each row ascending."""
+    free = torch.arange(protected, n, device=device)
+    if kind == ALTERNATE:
+        return free[0::2].expand(batch, -1), free[1::2].expand(batch, -1)
+    order = torch.sort(importance[:, protected:], dim=1, stable=True).indices  # least important first
+    a_pos = torch.sort(free[order[:, :r]], dim=1).values
+    b_pos = torch.sort(free[order[:, r:]], dim=1).values
+    return a_pos, b_pos
+
+
+def best_partner(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine similarity of every A row to every B row, reduced to (best score, first argmax).
+
+    a (B, Na, C), b (B, Nb, C) -> scores (B, Na), partner index into b (B, Na).
+    """
+    sim = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).transpose(1, 2)
+    return sim.max(dim=-1)
+
+
+def matching_from_partners(
+    n: int, r: int, kind: int, a_pos, b_pos, scores, partner
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Turns best partners into the four index tensors of a Matching.
+
+    Returns kept_index (B, N-r), merged_index (B, r) ascending, merged_into (B, r), dst_index (B, N).
+    """
+    batch = a_pos.shape[0]
+    if kind == ALTERNATE:  # the r most similar pairs, ties to the lower position
+        chosen = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :r]
+    else:  # every A token merges
+        chosen = torch.arange(a_pos.shape[1], device=a_pos.device).expand(batch, -1)
+    chosen = torch.sort(chosen, dim=1).values
+    merged_index = a_pos.gather(1, chosen)
+    merged_into = b_pos.gather(1, partner.gather(1, chosen))
+
+    is_merged = torch.zeros(batch, n, dtype=torch.bool, device=a_pos.device)
+    is_merged.scatter_(1, merged_index, True)
+    kept_index = torch.sort(is_merged.to(torch.int8), dim=1, stable=True).indices[:, : n - r]
+    slot = torch.cumsum((~is_merged).to(torch.int64), dim=1) - 1
+    dst_index = slot.clone()
+    dst_index.scatter_(1, merged_index, slot.gather(1, merged_into))
+    return kept_index, merged_index, merged_into, dst_index
+
+
+def bipartite_match(metric, r: int, kind: int, importance, protected: int):
+    """Reference matching. metric (B, N, C), importance (B, N) or None -> see matching_from_partners."""
+    batch, n, _ = metric.shape
+    compute = metric if metric.dtype == torch.float64 else metric.float()
+    a_pos, b_pos = _partition(batch, n, r, kind, importance, protected, metric.device)
+    if r == 0 or b_pos.shape[1] == 0:
+        scores = torch.zeros(a_pos.shape, dtype=compute.dtype, device=metric.device)
+        partner = torch.zeros(a_pos.shape, dtype=torch.int64, device=metric.device)
+    else:
+        take = lambda pos: compute.gather(1, pos.unsqueeze(-1).expand(-1, -1, compute.shape[-1]))  # noqa: E731
+        scores, partner = best_partner(take(a_pos), take(b_pos))
+    return matching_from_partners(n, r, kind, a_pos, b_pos, scores, partner)
+
+
+def scatter_rows(x, dst_index, weight, n_out: int):
+    """out[b, dst[b, i]] += w[b, i] * x[b, i]. x (B, N, D) -> (B, n_out, D)."""
+    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    rows = x.to(acc_dtype)
+    if weight is not None:
+        rows = rows * weight.to(acc_dtype).unsqueeze(-1)
+    out = torch.zeros(x.shape[0], n_out, x.shape[2], dtype=acc_dtype, device=x.device)
+    out.scatter_add_(1, dst_index.unsqueeze(-1).expand_as(rows), rows)
+    return out.to(x.dtype)
+
+
+def gather_rows(y, dst_index, weight):
+    """out[b, i] = w[b, i] * y[b, dst[b, i]]. y (B, M, D) -> (B, N, D)."""
+    out = y.gather(1, dst_index.unsqueeze(-1).expand(-1, -1, y.shape[2]))
+    if weight is not None:
+        acc_dtype = torch.float64 if y.dtype == torch.float64 else torch.float32
+        out = (out.to(acc_dtype) * weight.to(acc_dtype).unsqueeze(-1)).to(y.dtype)
+    return out
