@@ -1,0 +1,1 @@
+"""vidsel benchmarks: `python -m benchmarks.run` (what `make bench` runs)."""

@@ -1,0 +1,85 @@
+"""Benchmark helpers: timing, peak memory, tables.
+
+A benchmark module `benchmarks/bench_<name>.py` defines `run(profile: str) -> list[Table]`
+(profile is "quick" for `make bench`, "full" for `make bench-full`). Time every contender in the
+same run and report ratios against a peer, never absolute targets alone: CPU timings here are noisy.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.utils.benchmark as torch_benchmark
+
+
+@dataclass
+class Table:
+    """One README table. `name` keys the README markers <!-- bench:name --> ... <!-- /bench:name -->."""
+
+    name: str
+    title: str
+    columns: list[str]
+    rows: list[list] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    checks: list[dict] = field(default_factory=list)
+
+    def check(self, what: str, measured: float, target: str, passed: bool) -> None:
+        """Records a target check (shown under the table and in the JSON record)."""
+        self.checks.append(dict(what=what, measured=round(measured, 3), target=target, passed=bool(passed)))
+
+    def to_markdown(self) -> str:
+        def fmt(v):
+            if isinstance(v, float):
+                return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+            return str(v)
+
+        lines = [f"**{self.title}**", "", "| " + " | ".join(self.columns) + " |",
+                 "|" + "|".join("---" for _ in self.columns) + "|"]
+        lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in self.rows]
+        if self.checks:
+            lines.append("")
+            for c in self.checks:
+                mark = "met" if c["passed"] else "**missed**"
+                lines.append(f"- {c['what']}: {c['measured']} (target {c['target']}) — {mark}")
+        lines += [""] + [f"_{n}_" for n in self.notes] if self.notes else []
+        return "\n".join(lines)
+
+
+def median_ms(fn, *, min_run_time: float = 1.0, warmup: int = 1) -> float:
+    """Median wall time of fn() in milliseconds (torch.utils.benchmark adaptive autorange)."""
+    for _ in range(warmup):
+        fn()
+    timer = torch_benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+
+
+def median_ms_repeats(fn, repeats: int = 5, warmup: int = 1) -> float:
+    """Median of `repeats` single calls: for slow calls (models) where autorange would take long."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def peak_memory_mb(fn) -> float:
+    """Peak CPU memory allocated by torch during fn() above what was live before, in MiB.
+
+    Reads the profiler's allocator events ([memory] records: + on alloc, - on free) in time order.
+    """
+    gc.collect()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [(e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    live = peak = 0
+    for _, nbytes in sorted(events):
+        live += nbytes
+        peak = max(peak, live)
+    return peak / 2**20

@@ -1,0 +1,48 @@
+"""Test-wide setup: Triton interpreter on CPU tensors, NaN-filled fresh memory, backend lists."""
+
+import os
+
+# Must precede any triton import: the Triton kernels run under the interpreter on CPU tensors.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+# C++ kernels fill their fresh outputs with NaN (or -1 for indices) so unwritten elements fail tests.
+os.environ.setdefault("VIDSEL_DEBUG_FILL", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+_empty, _empty_like, _new_empty = torch.empty, torch.empty_like, torch.Tensor.new_empty
+
+
+def _nan_filled(tensor):
+    if tensor.is_floating_point() and tensor.device.type != "meta" and not isinstance(
+        tensor, torch._subclasses.FakeTensor
+    ):
+        tensor.fill_(float("nan"))
+    return tensor
+
+
+def _empty_nan(*args, **kwargs):
+    return _nan_filled(_empty(*args, **kwargs))
+
+
+def _empty_like_nan(*args, **kwargs):
+    return _nan_filled(_empty_like(*args, **kwargs))
+
+
+def _new_empty_nan(self, *args, **kwargs):
+    return _nan_filled(_new_empty(self, *args, **kwargs))
+
+
+@pytest.fixture(autouse=True)
+def nan_filled_empty(monkeypatch):
+    """torch.empty & co. return NaN-filled tensors in tests (Python launchers allocate with them)."""
+    if torch.compiler.is_compiling():
+        return
+    monkeypatch.setattr(torch, "empty", _empty_nan)
+    monkeypatch.setattr(torch, "empty_like", _empty_like_nan)
+    monkeypatch.setattr(torch.Tensor, "new_empty", _new_empty_nan)
+
+
+@pytest.fixture(autouse=True)
+def fixed_seed():
+    torch.manual_seed(0)
