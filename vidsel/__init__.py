@@ -9,4 +9,17 @@ __version__ = "0.1.0"
 from vidsel import _backends  # noqa: F401  (loads the compiled extensions once)
 from vidsel._backends import backend_status
 
-__all__ = ["backend_status", "__version__"]
+__all__ = ["backend_status", "create_model", "list_models", "__version__"]
+
+
+def create_model(name: str, **overrides):
+    """Builds a registered reference model (see vidsel.models); overrides replace config fields."""
+    from vidsel.models import create_model as _create
+
+    return _create(name, **overrides)
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    from vidsel.models import list_models as _list
+
+    return _list(pattern)

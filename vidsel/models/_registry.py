@@ -1,0 +1,50 @@
+"""Model registry: `vidsel.create_model(name, **overrides)` and `vidsel.list_models()` (timm-style).
+
+A model family registers one builder per config name; configs are plain dataclasses and
+`overrides` replace their fields (e.g. depth=2 for a small test model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+_BUILDERS: dict[str, Callable] = {}
+
+
+def register_model(name: str):
+    """Decorator: `@register_model("testa_f16") def _(**overrides) -> nn.Module`."""
+
+    def wrap(builder: Callable) -> Callable:
+        if name in _BUILDERS:
+            raise ValueError(f"model {name!r} is registered twice")
+        _BUILDERS[name] = builder
+        return builder
+
+    return wrap
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    import fnmatch
+
+    _import_families()
+    return sorted(n for n in _BUILDERS if fnmatch.fnmatch(n, pattern))
+
+
+def create_model(name: str, **overrides):
+    """Builds a registered model; unknown names raise ValueError listing the known ones."""
+    _import_families()
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(_BUILDERS))}")
+    return _BUILDERS[name](**overrides)
+
+
+def _import_families() -> None:
+    """Imports every vidsel.models.<family> module so their @register_model calls run."""
+    import importlib
+    import pkgutil
+
+    import vidsel.models
+
+    for info in pkgutil.iter_modules(vidsel.models.__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"vidsel.models.{info.name}")
