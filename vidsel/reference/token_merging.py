@@ -62,7 +62,7 @@ def matching_from_partners(
     slot = torch.cumsum((~is_merged).to(torch.int64), dim=1) - 1
     dst_index = slot.clone()
     dst_index.scatter_(1, merged_index, slot.gather(1, merged_into))
-    return kept_index, merged_index, merged_into, dst_index
+    return kept_index.contiguous(), merged_index.contiguous(), merged_into.contiguous(), dst_index
 
 
 def bipartite_match(metric, r: int, kind: int, importance, protected: int):

@@ -1,0 +1,418 @@
+// Block-causal chunk attention (Mirasol3B §3.3.1, eq. 8): a query in time chunk t attends to every
+// key of chunks <= t, full attention inside its own chunk.
+//
+// Flash-style on the CPU: every task owns one (batch, head, query tile). A query tile never crosses a
+// chunk boundary unless the chunks are tiny, so all its rows see the same key prefix [0, chunk_end)
+// and the key loop simply stops there: tiles above the chunk diagonal are never visited. Scores of one
+// (query tile x key block) live in a small per-thread buffer; the softmax is online (running max and
+// sum), the logsumexp is saved for the backward, which recomputes the scores. No L x L tensor exists.
+// The two products of every block go to the BLAS sgemm/dgemm (MKL in PyTorch's x86 wheels, single
+// threaded inside our parallel region); the softmax loops are `omp simd` with a polynomial exp.
+#include "cpu/common.h"
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+extern "C" {
+// Fortran BLAS (column-major), exported by libtorch_cpu.
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
+            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
+            const int* ldc);
+void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const double* alpha,
+            const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
+            const int* ldc);
+}
+
+namespace vidsel {
+namespace {
+
+constexpr int64_t kQueryTile = 256;     // rows of a query tile (cut early at chunk boundaries)
+constexpr int64_t kMinTileRows = 32;    // tiny chunks are packed into one tile, masked per row
+constexpr int64_t kKeyBlock = 512;      // keys per score block in the forward
+constexpr int64_t kBwdQueryTile = 128;  // the backward keeps 2 score-sized buffers per block
+constexpr int64_t kBwdKeyBlock = 256;
+
+// Row-major C (m x n) = alpha * op(A) op(B) + beta * C, where op(A) is m x k and op(B) is k x n.
+// trans_a: A is stored k x m; trans_b: B is stored n x k. Column-major BLAS sees C^T = op(B)^T op(A)^T.
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+          const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  const char ta = trans_b ? 'T' : 'N', tb = trans_a ? 'T' : 'N';
+  const int mm = int(n), nn = int(m), kk = int(k), la = int(ldb), lb = int(lda), lc = int(ldc);
+  sgemm_(&ta, &tb, &mm, &nn, &kk, &alpha, b, &la, a, &lb, &beta, c, &lc);
+}
+
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha, const double* a, int64_t lda,
+          const double* b, int64_t ldb, double beta, double* c, int64_t ldc) {
+  const char ta = trans_b ? 'T' : 'N', tb = trans_a ? 'T' : 'N';
+  const int mm = int(n), nn = int(m), kk = int(k), la = int(ldb), lb = int(lda), lc = int(ldc);
+  dgemm_(&ta, &tb, &mm, &nn, &kk, &alpha, b, &la, a, &lb, &beta, c, &lc);
+}
+
+// exp(x) for x <= 0 (softmax arguments), branch-free so `omp simd` loops vectorise it:
+// 2^(x log2 e) = 2^n * 2^f with n = round(x log2 e), |f| <= 1/2, 2^f by a degree-6 Taylor series
+// of e^(f ln 2) (relative error < 2e-7, about float epsilon).
+inline float exp_nonpositive(float x) {
+  x = std::max(x, -87.0f);
+  const float t = x * 1.44269504088896341f;
+  const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const float n = (t + magic) - magic;
+  const float r = (t - n) * 0.693147180559945309f;
+  float p = 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  return p * std::bit_cast<float>(bits);
+}
+
+inline double exp_nonpositive(double x) { return std::exp(x); }
+
+// Where the keys of every query row end: query row i sits at key position Lk - Lq + i and sees
+// keys [0, key_end[i]), the end of its chunk (eq. 8).
+std::vector<int64_t> query_key_ends(at::IntArrayRef chunk_lens, int64_t lq, int64_t lk) {
+  std::vector<int64_t> ends(lq);
+  int64_t chunk_start = 0, position = lk - lq;
+  for (const int64_t len : chunk_lens) {
+    const int64_t chunk_end = chunk_start + len;
+    for (; position < chunk_end; ++position) {
+      if (position >= lk - lq) ends[position - (lk - lq)] = chunk_end;
+    }
+    chunk_start = chunk_end;
+  }
+  return ends;
+}
+
+struct Tile {
+  int64_t begin, end;  // query rows [begin, end)
+};
+
+// Query tiles: at most `max_rows` rows, cut at chunk boundaries once they hold kMinTileRows rows.
+std::vector<Tile> make_tiles(const std::vector<int64_t>& key_end, int64_t max_rows) {
+  std::vector<Tile> tiles;
+  const int64_t lq = int64_t(key_end.size());
+  int64_t begin = 0;
+  for (int64_t row = 1; row <= lq; ++row) {
+    const int64_t rows = row - begin;
+    const bool boundary = row == lq || key_end[row] != key_end[row - 1];
+    if (row == lq || rows == max_rows || (boundary && rows >= kMinTileRows)) {
+      tiles.push_back({begin, row});
+      begin = row;
+    }
+  }
+  return tiles;
+}
+
+// Task order pairing expensive tiles (late chunks) with cheap ones so static scheduling balances.
+int64_t folded(int64_t index, int64_t count) {
+  return index % 2 == 0 ? index / 2 : count - 1 - index / 2;
+}
+
+template <typename T>
+struct Problem {
+  const T *q, *k, *v, *bias;  // bias: (B, Lk) or nullptr
+  int64_t batch, heads, lq, lk, dim;
+  T scale;
+  std::vector<int64_t> key_end;
+  std::vector<Tile> tiles;
+
+  const T* q_rows(int64_t bh, int64_t row) const { return q + (bh * lq + row) * dim; }
+  const T* k_rows(int64_t bh, int64_t col) const { return k + (bh * lk + col) * dim; }
+  const T* v_rows(int64_t bh, int64_t col) const { return v + (bh * lk + col) * dim; }
+};
+
+// scores (rows x cols, ld) of key block [j0, j0 + cols): add the key bias, and turn keys beyond each
+// row's chunk end into -inf. Returns nothing; rows with no visible key in the block are all -inf.
+template <typename T>
+void bias_and_mask(const Problem<T>& p, int64_t b, const Tile& tile, int64_t j0, int64_t cols, T* scores,
+                   int64_t ld) {
+  const T* bias = p.bias ? p.bias + b * p.lk + j0 : nullptr;
+  const bool needs_mask = p.key_end[tile.begin] < j0 + cols;
+  for (int64_t r = 0; r < tile.end - tile.begin; ++r) {
+    T* s = scores + r * ld;
+    if (bias) {
+#pragma omp simd
+      for (int64_t c = 0; c < cols; ++c) s[c] += bias[c];
+    }
+    if (needs_mask) {
+      const int64_t visible = std::clamp<int64_t>(p.key_end[tile.begin + r] - j0, 0, cols);
+      for (int64_t c = visible; c < cols; ++c) s[c] = -std::numeric_limits<T>::infinity();
+    }
+  }
+}
+
+// ---------------------------------------------------------------- forward
+
+template <typename T>
+void forward_tile(const Problem<T>& p, int64_t bh, const Tile& tile, T* out, T* lse, std::vector<T>& scores,
+                  std::vector<T>& acc, std::vector<T>& row_max, std::vector<T>& row_sum) {
+  const int64_t b = bh / p.heads, rows = tile.end - tile.begin, d = p.dim;
+  const int64_t key_stop = p.key_end[tile.end - 1];
+  const T neg_inf = -std::numeric_limits<T>::infinity();
+  std::fill(acc.begin(), acc.begin() + rows * d, T(0));
+  std::fill(row_max.begin(), row_max.begin() + rows, neg_inf);
+  std::fill(row_sum.begin(), row_sum.begin() + rows, T(0));
+  const T* q_tile = p.q_rows(bh, tile.begin);
+  for (int64_t j0 = 0; j0 < key_stop; j0 += kKeyBlock) {
+    const int64_t cols = std::min(kKeyBlock, key_stop - j0);
+    T* s_buf = scores.data();
+    gemm(false, true, rows, cols, d, p.scale, q_tile, d, p.k_rows(bh, j0), d, T(0), s_buf, cols);
+    bias_and_mask(p, b, tile, j0, cols, s_buf, cols);
+    for (int64_t r = 0; r < rows; ++r) {
+      T* s = s_buf + r * cols;
+      T block_max = neg_inf;
+#pragma omp simd reduction(max : block_max)
+      for (int64_t c = 0; c < cols; ++c) block_max = std::max(block_max, s[c]);
+      const T new_max = std::max(row_max[r], block_max);
+      // A row with nothing visible yet keeps max -inf: use 0 so exp(-inf - 0) = 0, not NaN.
+      const T shift = new_max == neg_inf ? T(0) : new_max;
+      T block_sum = 0;
+#pragma omp simd reduction(+ : block_sum)
+      for (int64_t c = 0; c < cols; ++c) {
+        const T e = s[c] == neg_inf ? T(0) : exp_nonpositive(s[c] - shift);
+        s[c] = e;
+        block_sum += e;
+      }
+      const T rescale = row_max[r] == neg_inf ? T(0) : std::exp(row_max[r] - shift);
+      row_sum[r] = row_sum[r] * rescale + block_sum;
+      row_max[r] = new_max;
+      if (rescale != T(1)) {
+        T* a = acc.data() + r * d;
+#pragma omp simd
+        for (int64_t c = 0; c < d; ++c) a[c] *= rescale;
+      }
+    }
+    gemm(false, false, rows, d, cols, T(1), s_buf, cols, p.v_rows(bh, j0), d, T(1), acc.data(), d);
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const T inv = T(1) / row_sum[r];
+    const T* a = acc.data() + r * d;
+    T* o = out + (bh * p.lq + tile.begin + r) * d;
+#pragma omp simd
+    for (int64_t c = 0; c < d; ++c) o[c] = a[c] * inv;
+    lse[bh * p.lq + tile.begin + r] = row_max[r] + std::log(row_sum[r]);
+  }
+}
+
+template <typename T>
+void forward_kernel(const Problem<T>& p, T* out, T* lse) {
+  const int64_t n_tiles = int64_t(p.tiles.size()), bh_count = p.batch * p.heads;
+  int64_t max_rows = 0;
+  for (const Tile& t : p.tiles) max_rows = std::max(max_rows, t.end - t.begin);
+  at::parallel_for(0, bh_count * n_tiles, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> scores(max_rows * kKeyBlock), acc(max_rows * p.dim), row_max(max_rows), row_sum(max_rows);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t bh = task / n_tiles, tile = folded(task % n_tiles, n_tiles);
+      forward_tile(p, bh, p.tiles[tile], out, lse, scores, acc, row_max, row_sum);
+    }
+  });
+}
+
+// ---------------------------------------------------------------- backward
+
+template <typename T>
+struct Grads {
+  const T *grad_out, *out, *lse;
+  T *grad_q, *grad_k, *grad_v, *grad_bias_heads;  // grad_bias_heads: (B, H, Lk) or nullptr
+};
+
+// One (batch, head): the task owns its rows of grad_k / grad_v / grad_bias_heads, so no atomics.
+template <typename T>
+void backward_head(const Problem<T>& p, const Grads<T>& g, int64_t bh, std::vector<T>& probs,
+                   std::vector<T>& dprobs, std::vector<T>& dq_acc, std::vector<T>& delta) {
+  const int64_t b = bh / p.heads, d = p.dim;
+  T* grad_k = g.grad_k + bh * p.lk * d;
+  T* grad_v = g.grad_v + bh * p.lk * d;
+  std::fill(grad_k, grad_k + p.lk * d, T(0));
+  std::fill(grad_v, grad_v + p.lk * d, T(0));
+  T* grad_bias = g.grad_bias_heads ? g.grad_bias_heads + bh * p.lk : nullptr;
+  if (grad_bias) std::fill(grad_bias, grad_bias + p.lk, T(0));
+  const T neg_inf = -std::numeric_limits<T>::infinity();
+  for (const Tile& tile : p.tiles) {
+    const int64_t rows = tile.end - tile.begin, key_stop = p.key_end[tile.end - 1];
+    const T* q_tile = p.q_rows(bh, tile.begin);
+    const T* do_tile = g.grad_out + (bh * p.lq + tile.begin) * d;
+    const T* o_tile = g.out + (bh * p.lq + tile.begin) * d;
+    const T* lse = g.lse + bh * p.lq + tile.begin;
+    for (int64_t r = 0; r < rows; ++r) {  // delta_i = <dO_i, O_i> = sum_j P_ij dP_ij
+      T dot = 0;
+#pragma omp simd reduction(+ : dot)
+      for (int64_t c = 0; c < d; ++c) dot += do_tile[r * d + c] * o_tile[r * d + c];
+      delta[r] = dot;
+    }
+    std::fill(dq_acc.begin(), dq_acc.begin() + rows * d, T(0));
+    for (int64_t j0 = 0; j0 < key_stop; j0 += kBwdKeyBlock) {
+      const int64_t cols = std::min(kBwdKeyBlock, key_stop - j0);
+      T* pr = probs.data();
+      T* dp = dprobs.data();
+      gemm(false, true, rows, cols, d, p.scale, q_tile, d, p.k_rows(bh, j0), d, T(0), pr, cols);
+      bias_and_mask(p, b, tile, j0, cols, pr, cols);
+      gemm(false, true, rows, cols, d, T(1), do_tile, d, p.v_rows(bh, j0), d, T(0), dp, cols);
+      for (int64_t r = 0; r < rows; ++r) {
+        T* s = pr + r * cols;
+        T* ds = dp + r * cols;
+        const T shift = lse[r], dr = delta[r];
+#pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) {
+          const T prob = s[c] == neg_inf ? T(0) : exp_nonpositive(s[c] - shift);
+          s[c] = prob;
+          ds[c] = prob * (ds[c] - dr);  // dS = P * (dP - delta)
+        }
+      }
+      gemm(true, false, cols, d, rows, T(1), pr, cols, do_tile, d, T(1), grad_v + j0 * d, d);   // dV += P^T dO
+      gemm(false, false, rows, d, cols, p.scale, dp, cols, p.k_rows(bh, j0), d, T(1), dq_acc.data(), d);  // dQ
+      gemm(true, false, cols, d, rows, p.scale, dp, cols, q_tile, d, T(1), grad_k + j0 * d, d);  // dK += dS^T Q
+      if (grad_bias) {
+        for (int64_t r = 0; r < rows; ++r) {
+          const T* ds = dp + r * cols;
+#pragma omp simd
+          for (int64_t c = 0; c < cols; ++c) grad_bias[j0 + c] += ds[c];
+        }
+      }
+    }
+    std::copy(dq_acc.begin(), dq_acc.begin() + rows * d, g.grad_q + (bh * p.lq + tile.begin) * d);
+  }
+}
+
+template <typename T>
+void backward_kernel(const Problem<T>& p, const Grads<T>& g) {
+  int64_t max_rows = 0;
+  for (const Tile& t : p.tiles) max_rows = std::max(max_rows, t.end - t.begin);
+  at::parallel_for(0, p.batch * p.heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> probs(max_rows * kBwdKeyBlock), dprobs(max_rows * kBwdKeyBlock), dq_acc(max_rows * p.dim),
+        delta(max_rows);
+    for (int64_t bh = begin; bh < end; ++bh) backward_head(p, g, bh, probs, dprobs, dq_acc, delta);
+  });
+}
+
+// ---------------------------------------------------------------- argument checks and entry points
+
+void check_chunk_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::IntArrayRef chunk_lens,
+                      const c10::optional<at::Tensor>& key_bias) {
+  VIDSEL_CHECK_CPU(q, "q");
+  VIDSEL_CHECK_CPU(k, "k");
+  VIDSEL_CHECK_CPU(v, "v");
+  VIDSEL_CHECK_DIM(q, 4, "q");
+  VIDSEL_CHECK_DIM(k, 4, "k");
+  VIDSEL_CHECK_DIM(v, 4, "v");
+  TORCH_CHECK(k.sizes() == v.sizes(), "vidsel: k and v must have the same shape, got ", k.sizes(), " and ",
+              v.sizes());
+  TORCH_CHECK(q.size(0) == k.size(0) && q.size(1) == k.size(1) && q.size(3) == k.size(3),
+              "vidsel: q ", q.sizes(), " and k ", k.sizes(), " must agree in B, H and Dh");
+  TORCH_CHECK(q.size(2) <= k.size(2), "vidsel: q has more positions (", q.size(2), ") than k (", k.size(2), ")");
+  TORCH_CHECK(q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type(),
+              "vidsel: q, k, v must share a dtype");
+  int64_t total = 0;
+  for (const int64_t len : chunk_lens) {
+    TORCH_CHECK(len > 0, "vidsel: chunk_lens must be positive, got ", len);
+    total += len;
+  }
+  TORCH_CHECK(total == k.size(2), "vidsel: chunk_lens sum to ", total, " but k has ", k.size(2), " positions");
+  TORCH_CHECK(k.size(2) * std::max<int64_t>(k.size(3), 1) < std::numeric_limits<int>::max(),
+              "vidsel: sequence too long for 32-bit BLAS strides");
+  if (key_bias.has_value()) {
+    VIDSEL_CHECK_CPU(*key_bias, "key_bias");
+    TORCH_CHECK(key_bias->dim() == 2 && key_bias->size(0) == k.size(0) && key_bias->size(1) == k.size(2),
+                "vidsel: key_bias must have shape (B, Lk) = (", k.size(0), ", ", k.size(2), "), got ",
+                key_bias->sizes());
+  }
+}
+
+// Kernels run in float (double for double inputs); half/bfloat16 are converted once (O(L) memory).
+at::ScalarType compute_type(const at::Tensor& t) {
+  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+template <typename T>
+Problem<T> make_problem(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor* bias,
+                        at::IntArrayRef chunk_lens, double scale, int64_t max_tile_rows) {
+  Problem<T> p;
+  p.q = q.data_ptr<T>();
+  p.k = k.data_ptr<T>();
+  p.v = v.data_ptr<T>();
+  p.bias = bias ? bias->data_ptr<T>() : nullptr;
+  p.batch = q.size(0);
+  p.heads = q.size(1);
+  p.lq = q.size(2);
+  p.lk = k.size(2);
+  p.dim = q.size(3);
+  p.scale = T(scale);
+  p.key_end = query_key_ends(chunk_lens, p.lq, p.lk);
+  p.tiles = make_tiles(p.key_end, max_tile_rows);
+  return p;
+}
+
+std::tuple<at::Tensor, at::Tensor> chunk_attention_fwd_cpu(const at::Tensor& q, const at::Tensor& k,
+                                                            const at::Tensor& v, at::IntArrayRef chunk_lens,
+                                                            const c10::optional<at::Tensor>& key_bias,
+                                                            double scale) {
+  check_chunk_args(q, k, v, chunk_lens, key_bias);
+  const auto type = compute_type(q);
+  const at::Tensor qc = q.to(type).contiguous(), kc = k.to(type).contiguous(), vc = v.to(type).contiguous();
+  at::Tensor bias;
+  if (key_bias.has_value()) bias = key_bias->to(type).contiguous();
+  at::Tensor out = new_output(q.sizes(), qc.options());
+  at::Tensor lse = new_output({q.size(0), q.size(1), q.size(2)}, qc.options());
+  if (q.numel() > 0 && q.size(2) > 0) {
+    AT_DISPATCH_FLOATING_TYPES(type, "vidsel_chunk_attention_fwd", [&] {
+      const auto p = make_problem<scalar_t>(qc, kc, vc, bias.defined() ? &bias : nullptr, chunk_lens, scale,
+                                            kQueryTile);
+      forward_kernel(p, out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>());
+    });
+  }
+  return {out.to(q.scalar_type()), lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_attention_bwd_cpu(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& out, const at::Tensor& lse, at::IntArrayRef chunk_lens,
+    const c10::optional<at::Tensor>& key_bias, double scale, bool bias_grad) {
+  check_chunk_args(q, k, v, chunk_lens, key_bias);
+  VIDSEL_CHECK_CPU(grad_out, "grad_out");
+  VIDSEL_CHECK_CPU(out, "out");
+  VIDSEL_CHECK_CPU(lse, "lse");
+  TORCH_CHECK(grad_out.sizes() == q.sizes() && out.sizes() == q.sizes(), "vidsel: grad_out and out must have q's shape");
+  TORCH_CHECK(lse.dim() == 3 && lse.size(0) == q.size(0) && lse.size(1) == q.size(1) && lse.size(2) == q.size(2),
+              "vidsel: lse must have shape (B, H, Lq)");
+  const auto type = compute_type(q);
+  const at::Tensor qc = q.to(type).contiguous(), kc = k.to(type).contiguous(), vc = v.to(type).contiguous();
+  const at::Tensor go = grad_out.to(type).contiguous(), oc = out.to(type).contiguous(), lc = lse.to(type).contiguous();
+  at::Tensor bias;
+  if (key_bias.has_value()) bias = key_bias->to(type).contiguous();
+  at::Tensor grad_q = new_output(q.sizes(), qc.options());
+  at::Tensor grad_k = new_output(k.sizes(), kc.options());
+  at::Tensor grad_v = new_output(v.sizes(), vc.options());
+  at::Tensor grad_bias_heads = bias_grad ? new_output({k.size(0), k.size(1), k.size(2)}, kc.options()) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(type, "vidsel_chunk_attention_bwd", [&] {
+    const auto p = make_problem<scalar_t>(qc, kc, vc, bias.defined() ? &bias : nullptr, chunk_lens, scale,
+                                          kBwdQueryTile);
+    Grads<scalar_t> g{go.data_ptr<scalar_t>(),   oc.data_ptr<scalar_t>(),     lc.data_ptr<scalar_t>(),
+                      grad_q.data_ptr<scalar_t>(), grad_k.data_ptr<scalar_t>(), grad_v.data_ptr<scalar_t>(),
+                      bias_grad ? grad_bias_heads.data_ptr<scalar_t>() : nullptr};
+    if (q.size(2) == 0) {  // no queries: nothing flows back
+      grad_k.zero_();
+      grad_v.zero_();
+      if (bias_grad) grad_bias_heads.zero_();
+    } else if (k.numel() > 0) {
+      backward_kernel(p, g);
+    }
+  });
+  at::Tensor grad_bias = bias_grad ? grad_bias_heads.sum(1).to(key_bias->scalar_type())
+                                   : at::empty({0}, q.options());
+  return {grad_q.to(q.scalar_type()), grad_k.to(k.scalar_type()), grad_v.to(v.scalar_type()), grad_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(vidsel_C, CPU, m) {
+  m.impl("chunk_attention_fwd", &chunk_attention_fwd_cpu);
+  m.impl("chunk_attention_bwd", &chunk_attention_bwd_cpu);
+}
+
+}  // namespace vidsel

@@ -1,0 +1,234 @@
+// Fused compressed-domain patch embedding (MM-ViT §3.2, eq. 1–4): the device-independent driver.
+//
+// Per visual modality the patches of a chunk of frames are gathered into a (rows, K) matrix (im2col)
+// and projected with ONE addmm whose additive term is PE + bias, written straight into the output
+// slot of that modality (eq. 1–3). Motion arrives at block granularity g: with c = gcd(P, g) a patch
+// is (P/c)^2 constant cells, so the gather reads one value per cell from the block grid and the weight
+// is pre-summed over each c×c cell (K = 2 (P/c)^2 instead of 2 P^2). The dense H×W flow never exists.
+// Audio (eq. 4) is one small addmm, replicated over the N positions only when expand_audio.
+//
+// The CPU kernels (csrc/cpu/compressed_patch_embed.cpp) and the CUDA binding
+// (csrc/cuda/compressed_patch_embed_binding.cpp) instantiate these templates with their own gather /
+// scatter kernels and output allocator; GEMMs are ATen's (MKL/oneDNN on CPU, cuBLAS on CUDA).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <numeric>
+#include <tuple>
+#include <vector>
+
+namespace vidsel::compressed_embed {
+
+// How one modality's patches are read. The input holds frames (B, T, C, in_h, in_w) whose elements
+// cover `scale`×`scale` pixels (g for motion, 1 otherwise); a P×P patch splits into cells×cells constant
+// cells of `cell` pixels; column k of the patch matrix is (channel, cell row, cell column).
+struct PatchGeometry {
+  int64_t channels, in_h, in_w, scale, cell, cells, patch, grid_w, tokens;
+  int64_t depth() const { return channels * cells * cells; }
+  int64_t frame_size() const { return channels * in_h * in_w; }
+};
+
+inline PatchGeometry make_geometry(const at::Tensor& x, int64_t height, int64_t width, int64_t patch) {
+  const int64_t scale = height / x.size(3);
+  const int64_t cell = std::gcd(patch, scale);
+  return {x.size(2), x.size(3), x.size(4), scale, cell, patch / cell, patch, width / patch,
+          (height / patch) * (width / patch)};
+}
+
+// Element offset inside one frame of column (ch, ci, cj) of token n.
+inline int64_t source_offset(const PatchGeometry& g, int64_t n, int64_t ch, int64_t ci, int64_t cj) {
+  const int64_t ph = n / g.grid_w, pw = n % g.grid_w;
+  const int64_t y = (ph * g.patch + ci * g.cell) / g.scale;
+  const int64_t x = (pw * g.patch + cj * g.cell) / g.scale;
+  return (ch * g.in_h + y) * g.in_w + x;
+}
+
+// E'_M: the motion weight (D, 2, P, P) summed over c×c cells -> (D, 2 (P/c)^2).
+inline at::Tensor presum_weight(const at::Tensor& weight, const PatchGeometry& g) {
+  const int64_t dim = weight.size(0);
+  if (g.cell == 1) return weight.reshape({dim, g.depth()});
+  return weight.reshape({dim, g.channels, g.cells, g.cell, g.cells, g.cell}).sum({3, 5}).reshape({dim, g.depth()});
+}
+
+// Adjoint of presum_weight: every pixel of a cell receives the cell's gradient.
+inline at::Tensor expand_weight_grad(const at::Tensor& grad, const PatchGeometry& g) {
+  const int64_t dim = grad.size(0);
+  if (g.cell == 1) return grad.reshape({dim, g.channels, g.patch, g.patch});
+  return grad.reshape({dim, g.channels, g.cells, 1, g.cells, 1})
+      .expand({dim, g.channels, g.cells, g.cell, g.cells, g.cell})
+      .reshape({dim, g.channels, g.patch, g.patch});
+}
+
+inline at::ScalarType accumulate_type(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// Frames per chunk: ~2048 patch rows keeps the im2col buffer small (a few MB) and the GEMM large.
+inline int64_t frames_per_chunk(const PatchGeometry& g, int64_t frames) {
+  return std::clamp<int64_t>(2048 / std::max<int64_t>(g.tokens, 1), 1, std::max<int64_t>(frames, 1));
+}
+
+// Ops must provide:
+//   static void im2col(const at::Tensor& x, const PatchGeometry&, int64_t b, int64_t f0, int64_t count, at::Tensor& cols)
+//   static void col2im_add(const at::Tensor& cols, const PatchGeometry&, int64_t b, int64_t f0, int64_t count,
+//                          at::Tensor& grad)   // grad: (B, T, C, in_h, in_w) in accumulate_type, +=
+//   static at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions&)
+template <class Ops>
+void embed_modality(const at::Tensor& x, const PatchGeometry& g, const at::Tensor& weight2d, const at::Tensor& bias,
+                    const at::Tensor& pos, at::Tensor& out, int64_t modality) {
+  const int64_t batch = x.size(0), frames = x.size(1), dim = weight2d.size(0), n = g.tokens;
+  const at::Tensor weight_t = weight2d.t();
+  const at::Tensor shift = pos.reshape({frames * n, dim}) + bias;  // PE + bias, the GEMM's additive term
+  const int64_t chunk = frames_per_chunk(g, frames);
+  at::Tensor cols = at::empty({chunk * n, g.depth()}, x.options());
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t f0 = 0; f0 < frames; f0 += chunk) {
+      const int64_t count = std::min(chunk, frames - f0);
+      Ops::im2col(x, g, b, f0, count, cols);
+      at::Tensor slot = out.select(0, b).select(0, modality).narrow(0, f0, count).view({count * n, dim});
+      at::addmm_out(slot, shift.narrow(0, f0 * n, count * n), cols.narrow(0, 0, count * n), weight_t);
+    }
+  }
+}
+
+inline void check_params(const at::Tensor& iframe, const at::Tensor& motion, const at::Tensor& residual,
+                         const c10::optional<at::Tensor>& audio_feat, at::TensorList visual, at::TensorList audio,
+                         int64_t patch) {
+  TORCH_CHECK(iframe.dim() == 5 && iframe.size(2) == 3, "vidsel: iframe must be (B, T, 3, H, W)");
+  TORCH_CHECK(patch > 0, "vidsel: patch must be positive");
+  const int64_t batch = iframe.size(0), frames = iframe.size(1), height = iframe.size(3), width = iframe.size(4);
+  TORCH_CHECK(height > 0 && width > 0 && height % patch == 0 && width % patch == 0,
+              "vidsel: iframe H and W must be positive multiples of patch");
+  TORCH_CHECK(residual.sizes() == iframe.sizes(), "vidsel: residual must have the shape of iframe");
+  TORCH_CHECK(motion.dim() == 5 && motion.size(0) == batch && motion.size(1) == frames && motion.size(2) == 2,
+              "vidsel: motion must be (B, T, 2, H/g, W/g)");
+  TORCH_CHECK(motion.size(3) > 0 && motion.size(4) > 0 && height % motion.size(3) == 0 &&
+                  width % motion.size(4) == 0 && height / motion.size(3) == width / motion.size(4),
+              "vidsel: motion must be (B, T, 2, H/g, W/g) for one block size g");
+  TORCH_CHECK(visual.size() == 9, "vidsel: expected 9 visual params");
+  TORCH_CHECK(audio.size() == (audio_feat.has_value() ? 3u : 0u), "vidsel: audio params must be 3 with audio, else 0");
+  const int64_t dim = visual[0].size(0), n = (height / patch) * (width / patch);
+  const int64_t channels[3] = {3, 2, 3};
+  for (int m = 0; m < 3; ++m) {
+    TORCH_CHECK(visual[3 * m].sizes() == at::IntArrayRef({dim, channels[m], patch, patch}), "vidsel: weight ", m,
+                " must be (D, C, P, P)");
+    TORCH_CHECK(visual[3 * m + 1].sizes() == at::IntArrayRef({dim}), "vidsel: bias ", m, " must be (D,)");
+    TORCH_CHECK(visual[3 * m + 2].sizes() == at::IntArrayRef({frames, n, dim}), "vidsel: pos ", m,
+                " must be (T, N, D)");
+  }
+  if (audio_feat.has_value()) {
+    TORCH_CHECK(audio_feat->dim() == 3 && audio_feat->size(0) == batch && audio_feat->size(1) == frames,
+                "vidsel: audio_feat must be (B, T, F)");
+    TORCH_CHECK(audio[0].sizes() == at::IntArrayRef({dim, audio_feat->size(2)}), "vidsel: audio weight must be (D, F)");
+    TORCH_CHECK(audio[1].sizes() == at::IntArrayRef({dim}), "vidsel: audio bias must be (D,)");
+    TORCH_CHECK(audio[2].sizes() == at::IntArrayRef({frames, dim}), "vidsel: audio pos must be (T, D)");
+  }
+  std::vector<at::Tensor> all = {motion, residual};
+  all.insert(all.end(), visual.begin(), visual.end());
+  all.insert(all.end(), audio.begin(), audio.end());
+  if (audio_feat.has_value()) all.push_back(*audio_feat);
+  for (const auto& t : all) {
+    TORCH_CHECK(t.scalar_type() == iframe.scalar_type(), "vidsel: all inputs and params must share iframe's dtype");
+    TORCH_CHECK(t.device() == iframe.device(), "vidsel: all inputs and params must share iframe's device");
+  }
+}
+
+template <class Ops>
+std::tuple<at::Tensor, at::Tensor> embed_forward(const at::Tensor& iframe_in, const at::Tensor& motion_in,
+                                                 const at::Tensor& residual_in,
+                                                 const c10::optional<at::Tensor>& audio_feat, at::TensorList visual,
+                                                 at::TensorList audio, int64_t patch, bool expand_audio) {
+  check_params(iframe_in, motion_in, residual_in, audio_feat, visual, audio, patch);
+  const at::Tensor inputs[3] = {iframe_in.contiguous(), motion_in.contiguous(), residual_in.contiguous()};
+  const int64_t batch = iframe_in.size(0), frames = iframe_in.size(1), dim = visual[0].size(0);
+  const int64_t height = iframe_in.size(3), width = iframe_in.size(4), n = (height / patch) * (width / patch);
+  const bool replicate = audio_feat.has_value() && expand_audio;
+  at::Tensor out = Ops::new_output({batch, replicate ? 4 : 3, frames, n, dim}, iframe_in.options());
+  for (int64_t m = 0; m < 3; ++m) {
+    const PatchGeometry g = make_geometry(inputs[m], height, width, patch);
+    embed_modality<Ops>(inputs[m], g, presum_weight(visual[3 * m], g), visual[3 * m + 1], visual[3 * m + 2], out, m);
+  }
+  if (!audio_feat.has_value()) return {out, iframe_in.new_empty({0})};
+  const at::Tensor feat = audio_feat->contiguous().view({batch * frames, audio_feat->size(2)});
+  at::Tensor audio_tokens = at::addmm(audio[1], feat, audio[0].t()).view({batch, frames, dim}).add_(audio[2]);
+  if (replicate) out.select(1, 3).copy_(audio_tokens.unsqueeze(2).expand({batch, frames, n, dim}));
+  return {out, audio_tokens};
+}
+
+// Gradients of one visual modality: {input (or undefined), weight (D, C, P, P), bias (D,), pos (T, N, D)}.
+template <class Ops>
+std::vector<at::Tensor> modality_backward(const at::Tensor& x, const PatchGeometry& g, const at::Tensor& weight,
+                                          const at::Tensor& grad_tokens, int64_t modality, bool need_input) {
+  const int64_t batch = x.size(0), frames = x.size(1), dim = weight.size(0), n = g.tokens;
+  const at::Tensor grad_m = grad_tokens.select(1, modality);  // (B, T, N, D)
+  const at::Tensor weight2d = presum_weight(weight, g);
+  const auto acc = accumulate_type(x.scalar_type());
+  at::Tensor grad_weight = at::zeros({dim, g.depth()}, x.options().dtype(acc));
+  at::Tensor grad_input = need_input ? at::zeros(x.sizes(), x.options().dtype(acc)) : at::Tensor();
+  const int64_t chunk = frames_per_chunk(g, frames);
+  at::Tensor cols = at::empty({chunk * n, g.depth()}, x.options());
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t f0 = 0; f0 < frames; f0 += chunk) {
+      const int64_t count = std::min(chunk, frames - f0);
+      Ops::im2col(x, g, b, f0, count, cols);
+      const at::Tensor grad_rows = grad_m.select(0, b).narrow(0, f0, count).reshape({count * n, dim});
+      const at::Tensor patches = cols.narrow(0, 0, count * n);
+      if (acc == x.scalar_type()) {
+        grad_weight.addmm_(grad_rows.t(), patches);
+      } else {
+        grad_weight.add_(at::mm(grad_rows.t(), patches));
+      }
+      if (need_input) Ops::col2im_add(at::mm(grad_rows, weight2d), g, b, f0, count, grad_input);
+    }
+  }
+  return {need_input ? grad_input.to(x.scalar_type()) : at::Tensor(),
+          expand_weight_grad(grad_weight, g).to(x.scalar_type()), grad_m.sum({0, 1, 2}), grad_m.sum(0)};
+}
+
+// Returns the 16 gradients (iframe, motion, residual, audio_feat, 9 visual params, 3 audio params);
+// empty tensors stand for absent audio and inputs outside input_mask.
+template <class Ops>
+std::vector<at::Tensor> embed_backward(const at::Tensor& grad_tokens_in, const at::Tensor& grad_audio,
+                                       const at::Tensor& iframe, const at::Tensor& motion,
+                                       const at::Tensor& residual, const c10::optional<at::Tensor>& audio_feat,
+                                       at::TensorList visual, at::TensorList audio, int64_t patch, bool expand_audio,
+                                       at::ArrayRef<bool> input_mask) {
+  check_params(iframe, motion, residual, audio_feat, visual, audio, patch);
+  TORCH_CHECK(input_mask.size() == 4, "vidsel: input_mask must have 4 entries");
+  const int64_t batch = iframe.size(0), frames = iframe.size(1), dim = visual[0].size(0);
+  const int64_t height = iframe.size(3), width = iframe.size(4), n = (height / patch) * (width / patch);
+  const bool replicate = audio_feat.has_value() && expand_audio;
+  TORCH_CHECK(grad_tokens_in.sizes() == at::IntArrayRef({batch, replicate ? 4 : 3, frames, n, dim}),
+              "vidsel: grad_tokens has the wrong shape");
+  TORCH_CHECK(grad_tokens_in.scalar_type() == iframe.scalar_type() && grad_tokens_in.device() == iframe.device(),
+              "vidsel: grad_tokens must match iframe's dtype and device");
+  const at::Tensor grad_tokens = grad_tokens_in.contiguous();
+  const at::Tensor empty = iframe.new_empty({0});
+  const at::Tensor inputs[3] = {iframe.contiguous(), motion.contiguous(), residual.contiguous()};
+  std::vector<at::Tensor> input_grads(4, empty), param_grads;
+  for (int64_t m = 0; m < 3; ++m) {
+    const PatchGeometry g = make_geometry(inputs[m], height, width, patch);
+    auto grads = modality_backward<Ops>(inputs[m], g, visual[3 * m], grad_tokens, m, input_mask[m]);
+    if (input_mask[m]) input_grads[m] = grads[0];
+    param_grads.insert(param_grads.end(), grads.begin() + 1, grads.end());
+  }
+  if (!audio_feat.has_value()) {
+    param_grads.insert(param_grads.end(), {empty, empty, empty});
+  } else {
+    TORCH_CHECK(grad_audio.sizes() == at::IntArrayRef({batch, frames, dim}), "vidsel: grad_audio must be (B, T, D)");
+    at::Tensor grad_a = grad_audio.to(accumulate_type(iframe.scalar_type()));
+    if (replicate) grad_a = grad_a + grad_tokens.select(1, 3).sum(2, false, grad_a.scalar_type());
+    grad_a = grad_a.to(iframe.scalar_type()).reshape({batch * frames, dim});
+    const at::Tensor feat = audio_feat->contiguous().view({batch * frames, audio_feat->size(2)});
+    if (input_mask[3]) input_grads[3] = at::mm(grad_a, audio[0]).view(audio_feat->sizes());
+    param_grads.push_back(at::mm(grad_a.t(), feat));
+    param_grads.push_back(grad_a.sum(0));
+    param_grads.push_back(grad_a.view({batch, frames, dim}).sum(0));
+  }
+  input_grads.insert(input_grads.end(), param_grads.begin(), param_grads.end());
+  return input_grads;
+}
+
+}  // namespace vidsel::compressed_embed

@@ -1,0 +1,189 @@
+// Perturbed-maximum top-k (STTS §3.2 eq. 7-8; Berthet et al. 2020), fused CPU kernels.
+//
+// Per (batch row b, sample s) the kernel draws Z_s from the Philox stream (philox.h), perturbs the
+// scores, finds the k largest by partial selection (nth_element, ties to the lower position) and
+// walks the L items in input order:
+//   forward   counts[b, i, l] += 1 when l is the i-th selected item          -> P = counts / n
+//   backward  g_s = sum_i G[b, i, l_i];  acc[b, :] += g_s Z_s                  -> grad = acc / (n sigma)
+// The noise is regenerated in backward; only O(L) scratch per thread exists, never (B, n, L) noise
+// or (B, n, k, L) one-hots. Work is split over (row, chunk of samples) tasks with private
+// accumulators, summed per row afterwards in a fixed order (deterministic).
+#include "cpu/common.h"
+#include "cpu/philox.h"
+
+#include <algorithm>
+#include <functional>
+#include <vector>
+
+namespace vidsel {
+namespace {
+
+// Scratch of one task: the perturbed values, the noise, a selection copy and the Philox words.
+struct SampleScratch {
+  std::vector<double> values, noise, pick;
+  std::vector<uint32_t> words;
+  std::vector<int64_t> selected;  // the k selected positions, ascending
+  explicit SampleScratch(int64_t length, int64_t k)
+      : values(length), noise(length), pick(length), words(4 * ((length + 3) / 4)), selected(k) {}
+};
+
+// Draws sample s of row b and fills scratch.selected with its top-k positions in input order.
+void select_sample(const double* scores, int64_t length, int64_t k, double sigma, philox::Key key, int64_t b,
+                   int64_t s, SampleScratch& scratch) {
+  double* z = scratch.noise.data();
+  double* v = scratch.values.data();
+  philox::normal_row(z, scratch.words.data(), length, static_cast<uint32_t>(s), static_cast<uint32_t>(b),
+                     philox::kStreamPerturbedTopk, key);
+  for (int64_t l = 0; l < length; ++l) v[l] = scores[l] + sigma * z[l];
+  // Threshold = k-th largest value; items above it are in, ties at it go to the lowest positions.
+  std::copy(v, v + length, scratch.pick.begin());
+  std::nth_element(scratch.pick.begin(), scratch.pick.begin() + (k - 1), scratch.pick.end(), std::greater<double>());
+  const double threshold = scratch.pick[k - 1];
+  int64_t above = 0;
+  for (int64_t l = 0; l < length; ++l) above += v[l] > threshold;
+  int64_t ties_left = k - above, i = 0;
+  for (int64_t l = 0; l < length; ++l) {
+    const bool tie_taken = v[l] == threshold && ties_left > 0;
+    ties_left -= tie_taken;
+    if (v[l] > threshold || tie_taken) scratch.selected[i++] = l;
+  }
+}
+
+struct TaskGrid {
+  int64_t chunks, per_chunk;  // samples of each row split into `chunks` chunks of `per_chunk`
+};
+
+TaskGrid task_grid(int64_t batch, int64_t num_samples) {
+  const int64_t want = std::max<int64_t>(1, (4 * at::get_num_threads() + batch - 1) / batch);
+  const int64_t chunks = std::min<int64_t>(num_samples, want);
+  return {chunks, (num_samples + chunks - 1) / chunks};
+}
+
+void check_args(const at::Tensor& scores, int64_t k, int64_t num_samples, double sigma, int64_t seed) {
+  VIDSEL_CHECK_CPU(scores, "scores");
+  VIDSEL_CHECK_DIM(scores, 2, "scores");
+  TORCH_CHECK(at::isFloatingType(scores.scalar_type()), "vidsel: scores must be floating point");
+  TORCH_CHECK(k >= 1 && k <= scores.size(1), "vidsel: k=", k, " must be in [1, L=", scores.size(1), "]");
+  TORCH_CHECK(num_samples >= 1, "vidsel: num_samples must be >= 1");
+  TORCH_CHECK(sigma >= 0 && std::isfinite(sigma), "vidsel: sigma must be finite and >= 0");
+  TORCH_CHECK(seed >= 0, "vidsel: seed must be >= 0");
+  TORCH_CHECK(scores.size(0) <= UINT32_MAX && num_samples <= UINT32_MAX && scores.size(1) / 4 <= UINT32_MAX,
+              "vidsel: perturbed_topk sizes exceed the 32-bit Philox counter fields");
+}
+
+at::Tensor perturbed_topk_cpu(const at::Tensor& scores_in, int64_t k, int64_t num_samples, double sigma,
+                              int64_t seed) {
+  check_args(scores_in, k, num_samples, sigma, seed);
+  const at::Tensor scores = scores_in.to(at::kDouble).contiguous();
+  const int64_t batch = scores.size(0), length = scores.size(1);
+  const TaskGrid grid = task_grid(batch, num_samples);
+  const philox::Key key = philox::key_from_seed(seed);
+  std::vector<int32_t> counts(batch * grid.chunks * k * length, 0);
+  const double* scores_ptr = scores.data_ptr<double>();
+  at::parallel_for(0, batch * grid.chunks, 1, [&](int64_t begin, int64_t end) {
+    SampleScratch scratch(length, k);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / grid.chunks, s0 = (task % grid.chunks) * grid.per_chunk;
+      const int64_t s1 = std::min(num_samples, s0 + grid.per_chunk);
+      int32_t* task_counts = counts.data() + task * k * length;
+      for (int64_t s = s0; s < s1; ++s) {
+        select_sample(scores_ptr + b * length, length, k, sigma, key, b, s, scratch);
+        for (int64_t i = 0; i < k; ++i) task_counts[i * length + scratch.selected[i]] += 1;
+      }
+    }
+  });
+  at::Tensor out = new_output({batch, k, length}, scores.options());
+  double* out_ptr = out.data_ptr<double>();
+  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      for (int64_t e = 0; e < k * length; ++e) {
+        int64_t total = 0;
+        for (int64_t c = 0; c < grid.chunks; ++c) total += counts[((b * grid.chunks + c) * k * length) + e];
+        out_ptr[b * k * length + e] = static_cast<double>(total) / static_cast<double>(num_samples);
+      }
+    }
+  });
+  return out.to(scores_in.scalar_type());
+}
+
+at::Tensor perturbed_topk_backward_cpu(const at::Tensor& grad_in, const at::Tensor& scores_in, int64_t k,
+                                       int64_t num_samples, double sigma, int64_t seed) {
+  check_args(scores_in, k, num_samples, sigma, seed);
+  VIDSEL_CHECK_CPU(grad_in, "grad");
+  const int64_t batch = scores_in.size(0), length = scores_in.size(1);
+  TORCH_CHECK(grad_in.sizes() == at::IntArrayRef({batch, k, length}), "vidsel: grad must have shape (B, k, L) = (",
+              batch, ", ", k, ", ", length, "), got ", grad_in.sizes());
+  if (sigma == 0) return at::zeros_like(scores_in);
+  const at::Tensor scores = scores_in.to(at::kDouble).contiguous();
+  const at::Tensor grad = grad_in.to(at::kDouble).contiguous();
+  const TaskGrid grid = task_grid(batch, num_samples);
+  const philox::Key key = philox::key_from_seed(seed);
+  std::vector<double> partial(batch * grid.chunks * length, 0.0);
+  const double* scores_ptr = scores.data_ptr<double>();
+  const double* grad_ptr = grad.data_ptr<double>();
+  at::parallel_for(0, batch * grid.chunks, 1, [&](int64_t begin, int64_t end) {
+    SampleScratch scratch(length, k);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / grid.chunks, s0 = (task % grid.chunks) * grid.per_chunk;
+      const int64_t s1 = std::min(num_samples, s0 + grid.per_chunk);
+      const double* g_row = grad_ptr + b * k * length;
+      double* acc = partial.data() + task * length;
+      for (int64_t s = s0; s < s1; ++s) {
+        select_sample(scores_ptr + b * length, length, k, sigma, key, b, s, scratch);
+        double g_s = 0;  // <G, Y_s>
+        for (int64_t i = 0; i < k; ++i) g_s += g_row[i * length + scratch.selected[i]];
+        const double* z = scratch.noise.data();
+        for (int64_t l = 0; l < length; ++l) acc[l] += g_s * z[l];
+      }
+    }
+  });
+  at::Tensor out = new_output({batch, length}, scores.options());
+  double* out_ptr = out.data_ptr<double>();
+  const double scale = 1.0 / (static_cast<double>(num_samples) * sigma);
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t l = 0; l < length; ++l) {
+      double total = 0;
+      for (int64_t c = 0; c < grid.chunks; ++c) total += partial[(b * grid.chunks + c) * length + l];
+      out_ptr[b * length + l] = total * scale;
+    }
+  }
+  return out.to(scores_in.scalar_type());
+}
+
+// Test hook: the raw stream, so tests can compare it with vidsel/reference/philox.py.
+// kind 0 = uniform, 1 = normal, 2 = gumbel; returns (B, S, L) float64.
+at::Tensor philox_noise_cpu(int64_t seed, int64_t batch, int64_t samples, int64_t length, int64_t stream,
+                            int64_t kind) {
+  TORCH_CHECK(seed >= 0 && batch >= 0 && samples >= 0 && length >= 0 && kind >= 0 && kind <= 2,
+              "vidsel: philox_noise arguments out of range");
+  at::Tensor out = new_output({batch, samples, length}, at::TensorOptions().dtype(at::kDouble));
+  const philox::Key key = philox::key_from_seed(seed);
+  std::vector<uint32_t> words(4 * ((length + 3) / 4));
+  double* ptr = out.data_ptr<double>();
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t s = 0; s < samples; ++s) {
+      double* row = ptr + (b * samples + s) * length;
+      const auto s32 = static_cast<uint32_t>(s), b32 = static_cast<uint32_t>(b), st = static_cast<uint32_t>(stream);
+      if (kind == 1) {
+        philox::normal_row(row, words.data(), length, s32, b32, st, key);
+      } else if (kind == 2) {
+        philox::gumbel_row(row, words.data(), length, s32, b32, st, key);
+      } else {
+        philox::philox_row_words(words.data(), (length + 3) / 4, s32, b32, st, key);
+        for (int64_t l = 0; l < length; ++l) row[l] = philox::word_to_uniform(words[l]);
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(vidsel_C, CPU, m) {
+  m.impl("perturbed_topk", &perturbed_topk_cpu);
+  m.impl("perturbed_topk_backward", &perturbed_topk_backward_cpu);
+}
+
+TORCH_LIBRARY_IMPL(vidsel_C, CompositeExplicitAutograd, m) { m.impl("philox_noise", &philox_noise_cpu); }
+
+}  // namespace vidsel

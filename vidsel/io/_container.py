@@ -1,0 +1,177 @@
+"""One pass over a media file: open it, demux every packet once, decode the video packets in order.
+
+The readers plan which frames they need from the packet timestamps (known after demuxing, before any
+decoding), then decode the video packets a single time and keep only the planned frames, so no file is
+ever reopened or re-seeked per sample. Packets are compressed data (a 10 s 224² clip is ~1 MB), so
+holding them for the length of one read is cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import av
+
+from vidsel.io.errors import NoVideoStreamError, VideoReadError
+
+# FFmpeg's AVPictureType values (PyAV 18 reports frame.pict_type as a plain int).
+PICTURE_TYPES = {0: "?", 1: "I", 2: "P", 3: "B", 4: "S", 5: "SI", 6: "SP", 7: "BI"}
+# Picture types predicted from one past reference (MPEG-4 S(GMC)-VOPs and H.264 SP slices behave like P).
+FORWARD_PREDICTED = ("P", "S", "SP")
+
+
+def picture_type(frame: av.VideoFrame) -> str:
+    """'I', 'P', 'B', ... for a decoded frame (PyAV may return an int or an enum)."""
+    value = frame.pict_type
+    if isinstance(value, str):
+        return value
+    name = getattr(value, "name", None)
+    return name if isinstance(name, str) else PICTURE_TYPES.get(int(value), "?")
+
+
+@dataclass
+class Demuxed:
+    """Every packet of one file, with the video timeline in display order.
+
+    frame_times: presentation time in seconds of each video frame, display order, relative to nothing
+    (the container's own clock); frame_duration: seconds per frame; video/audio: the PyAV streams.
+    """
+
+    path: str
+    container: av.container.InputContainer
+    video: av.video.stream.VideoStream
+    audio: av.audio.stream.AudioStream | None
+    video_packets: list = field(default_factory=list)
+    audio_packets: list = field(default_factory=list)
+    frame_times: list[float] = field(default_factory=list)
+    frame_duration: float = 0.0
+    pts_to_index: dict[int, int] | None = None
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.frame_times)
+
+    @property
+    def start_time(self) -> float:
+        return self.frame_times[0]
+
+    @property
+    def duration(self) -> float:
+        """Seconds from the first frame's start to the last frame's end."""
+        return self.frame_times[-1] - self.frame_times[0] + self.frame_duration
+
+    def segment_bounds(self, num_segments: int) -> list[tuple[float, float]]:
+        """The [start, end) times (seconds, container clock) of `num_segments` equal slices of the video."""
+        step = self.duration / num_segments
+        return [(self.start_time + t * step, self.start_time + (t + 1) * step) for t in range(num_segments)]
+
+
+def check_path(path) -> str:
+    """Returns the path as str; FileNotFoundError / VideoReadError for missing, directory or 0-byte files."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(2, f"{path}: no such video file", path)
+    if os.path.isdir(path):
+        raise VideoReadError(path, "is a directory, not a video file")
+    if os.path.getsize(path) == 0:
+        raise VideoReadError(path, "is empty (0 bytes)")
+    return path
+
+
+@contextlib.contextmanager
+def open_demuxed(path, *, audio: bool, export_motion_vectors: bool = False) -> Iterator[Demuxed]:
+    """Opens `path`, demuxes all its video (and, if `audio`, audio) packets, and closes it on exit.
+
+    export_motion_vectors: ask FFmpeg's decoder for MOTION_VECTORS side data (`flags2=+export_mvs`).
+    Raises FileNotFoundError, VideoReadError (not a media file, corrupt, truncated, no frames) or
+    NoVideoStreamError, each naming the file.
+    """
+    path = check_path(path)
+    try:
+        container = av.open(path, mode="r")
+    except av.FFmpegError as error:
+        raise VideoReadError(path, f"FFmpeg cannot open it as a media file ({error.strerror or error})") from error
+    try:
+        yield _demux(path, container, audio=audio, export_motion_vectors=export_motion_vectors)
+    finally:
+        container.close()
+
+
+def _demux(path: str, container, *, audio: bool, export_motion_vectors: bool) -> Demuxed:
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams}) or ["none"]
+        raise NoVideoStreamError(
+            path, f"has no video stream (streams: {', '.join(kinds)}); it may be audio-only or truncated"
+        )
+    video = container.streams.video[0]
+    audio_stream = container.streams.audio[0] if audio and container.streams.audio else None
+    options = {"flags2": "+export_mvs"} if export_motion_vectors else {}
+    video.codec_context.options = options
+    video.thread_type = "AUTO"  # frame threads: output stays in display order, side data is kept per frame
+    demuxed = Demuxed(path=path, container=container, video=video, audio=audio_stream)
+    streams = [video] + ([audio_stream] if audio_stream is not None else [])
+    try:
+        for packet in container.demux(streams):
+            if packet.size == 0:  # the demuxer's end-of-stream marker
+                continue
+            if packet.stream.index == video.index:
+                demuxed.video_packets.append(packet)
+            else:
+                demuxed.audio_packets.append(packet)
+    except av.FFmpegError as error:
+        raise VideoReadError(path, f"corrupt or truncated while demuxing ({error.strerror or error})") from error
+    if not demuxed.video_packets:
+        raise VideoReadError(path, "the video stream is zero-length (no packets)")
+    declared = video.frames
+    if declared and len(demuxed.video_packets) < declared:
+        raise VideoReadError(
+            path, f"truncated: the header declares {declared} video frames but only "
+            f"{len(demuxed.video_packets)} could be read"
+        )
+    _build_timeline(demuxed)
+    return demuxed
+
+
+def _build_timeline(demuxed: Demuxed) -> None:
+    video = demuxed.video
+    rate = video.average_rate or video.guessed_rate or video.base_rate
+    nominal = float(1 / rate) if rate else 1 / 25
+    pts = [p.pts for p in demuxed.video_packets]
+    if video.time_base is not None and all(v is not None for v in pts) and len(set(pts)) == len(pts):
+        ordered = sorted(pts)
+        base = float(video.time_base)
+        demuxed.frame_times = [v * base for v in ordered]
+        demuxed.pts_to_index = {v: i for i, v in enumerate(ordered)}
+        gaps = sorted(b - a for a, b in zip(demuxed.frame_times, demuxed.frame_times[1:]))
+        demuxed.frame_duration = gaps[len(gaps) // 2] if gaps else nominal
+    else:  # raw streams without timestamps: frames are counted, times follow the nominal rate
+        demuxed.frame_times = [i * nominal for i in range(len(pts))]
+        demuxed.frame_duration = nominal
+
+
+def decode_video(demuxed: Demuxed) -> Iterator[tuple[int, av.VideoFrame]]:
+    """Decodes every video packet once; yields (display index, frame) in display order.
+
+    Stop iterating early to skip decoding the rest. Decoder errors become VideoReadError naming the file.
+    """
+    codec = demuxed.video.codec_context
+    counter = 0
+    packets = demuxed.video_packets + [None]  # None flushes the decoder's delayed frames
+    for packet in packets:
+        try:
+            frames = codec.decode(packet)
+        except av.FFmpegError as error:
+            raise VideoReadError(demuxed.path, f"corrupt video data ({error.strerror or error})") from error
+        for frame in frames:
+            index = counter
+            if demuxed.pts_to_index is not None and frame.pts in demuxed.pts_to_index:
+                index = demuxed.pts_to_index[frame.pts]
+            counter = index + 1
+            if index >= demuxed.num_frames:
+                return
+            yield index, frame

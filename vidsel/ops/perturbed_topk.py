@@ -1,0 +1,174 @@
+"""`perturbed_topk`, `perturbed_topk_select`: differentiable top-k by perturbed maxima (STTS §3.2).
+
+STTS temporal selection (§3.3, eq. 9), frames as items::
+
+    scores = scorer(x.mean(2))                                     # (B, T)
+    z = vidsel.ops.perturbed_topk_select(x.flatten(2), scores, k)   # (B, k, N*C): Y^T x
+    # inference: hard top-k, e.g. sigma=0 (or vidsel.ops.topk_gather)
+
+The noise Z is drawn from the counter-based Philox stream of vidsel/reference/philox.py keyed by
+`seed`: the compiled backends generate it on the fly in forward and regenerate it in backward, so
+neither the (B, n, L) noise nor the (B, n, k, L) one-hots are ever stored (per sample only L
+values live in registers / stack). Every backend draws the same noise and selects the same indices.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torch.utils.flop_counter import register_flop_formula
+
+from vidsel import _backends
+from vidsel.ops._validation import check_finite, check_int, check_tensor
+from vidsel.reference import perturbed_topk as reference
+from vidsel.reference import philox
+
+SUPPORTED_IMPLS = ("reference", "cpu", "triton", "cuda")
+
+
+@torch.library.custom_op("vidsel::perturbed_topk", mutates_args=())
+def _perturbed_topk(scores: Tensor, k: int, num_samples: int, sigma: float, seed: int, impl: str) -> Tensor:
+    check_finite("scores", scores)
+    if impl == "reference":
+        return reference.perturbed_topk(scores, k, num_samples, sigma, seed)
+    if impl in ("cpu", "cuda"):
+        return torch.ops.vidsel_C.perturbed_topk(scores, k, num_samples, sigma, seed)
+    if impl == "triton":
+        from vidsel.kernels.perturbed_topk import perturbed_topk
+
+        return perturbed_topk(scores, k, num_samples, sigma, seed)
+    raise ValueError(f"perturbed_topk: unknown impl {impl!r}")
+
+
+@torch.library.custom_op("vidsel::perturbed_topk_backward", mutates_args=())
+def _perturbed_topk_backward(
+    grad: Tensor, scores: Tensor, k: int, num_samples: int, sigma: float, seed: int, impl: str
+) -> Tensor:
+    if impl == "reference":
+        return reference.perturbed_topk_backward(grad, scores, k, num_samples, sigma, seed)
+    if impl in ("cpu", "cuda"):
+        return torch.ops.vidsel_C.perturbed_topk_backward(grad, scores, k, num_samples, sigma, seed)
+    if impl == "triton":
+        from vidsel.kernels.perturbed_topk import perturbed_topk_backward
+
+        return perturbed_topk_backward(grad, scores, k, num_samples, sigma, seed)
+    raise ValueError(f"perturbed_topk_backward: unknown impl {impl!r}")
+
+
+@_perturbed_topk.register_fake
+def _(scores, k, num_samples, sigma, seed, impl):
+    return scores.new_empty(scores.shape[0], k, scores.shape[1])
+
+
+@_perturbed_topk_backward.register_fake
+def _(grad, scores, k, num_samples, sigma, seed, impl):
+    return torch.empty_like(scores)
+
+
+def _setup(ctx, inputs, output):
+    scores, k, num_samples, sigma, seed, impl = inputs
+    ctx.save_for_backward(scores)
+    ctx.args = (k, num_samples, sigma, seed, impl)
+
+
+def _backward(ctx, grad):
+    (scores,) = ctx.saved_tensors
+    grad_scores = _perturbed_topk_backward(grad.contiguous(), scores, *ctx.args)
+    return grad_scores, None, None, None, None, None
+
+
+_perturbed_topk.register_autograd(_backward, setup_context=_setup)
+
+
+@register_flop_formula(torch.ops.vidsel.perturbed_topk)
+def _perturbed_topk_flops(scores_shape, k, num_samples, sigma, seed, impl, *args, **kwargs) -> int:
+    """One multiply-add per perturbed score s + sigma Z (the selection itself is comparisons)."""
+    batch, length = scores_shape
+    return 2 * batch * num_samples * length
+
+
+@register_flop_formula(torch.ops.vidsel.perturbed_topk_backward)
+def _perturbed_topk_backward_flops(grad_shape, scores_shape, k, num_samples, sigma, seed, impl, *args, **kwargs) -> int:
+    """Regenerated s + sigma Z, the k-term <G, Y_s> and the L-term accumulation g_s Z_s per sample."""
+    batch, length = scores_shape
+    return 2 * batch * num_samples * (2 * length + k)
+
+
+def _check_common(scores: Tensor, k, num_samples, sigma, seed, name: str = "scores") -> tuple[int, float, int]:
+    check_tensor(name, scores, floating=True)
+    if scores.dim() < 2:
+        raise ValueError(f"{name} must have shape (B, L) (or (*G, L)), got {tuple(scores.shape)}")
+    length = scores.shape[-1]
+    check_int("k", k, 1, length)
+    check_int("num_samples", num_samples, 1)
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
+        raise TypeError(f"sigma must be a float, got {type(sigma).__name__}")
+    if not math.isfinite(sigma) or sigma < 0:
+        raise ValueError(f"sigma={sigma} must be a finite float >= 0")
+    if seed is None:
+        seed = philox.draw_seed()
+    check_int("seed", seed, 0, philox.MAX_SEED)
+    return length, float(sigma), seed
+
+
+def perturbed_topk(
+    scores: Tensor,
+    k: int,
+    *,
+    num_samples: int = 500,
+    sigma: float = 0.1,
+    seed: int | None = None,
+    impl: str = "auto",
+) -> Tensor:
+    """Perturbed-maximum top-k indicators (STTS eq. 7, gradient eq. 8; Berthet et al. 2020).
+
+    Args:
+        scores: (B, L) (or (*G, L)) floating scores, e.g. the min-max normalised scorer output (eq. 3).
+        k: number of items selected, 1 <= k <= L.
+        num_samples: n, the number of Gaussian perturbations averaged (STTS: 500).
+        sigma: noise scale >= 0; 0 gives the hard top-k and a zero gradient.
+        seed: key of the Philox noise stream; None draws one from torch's default generator (so
+            torch.manual_seed makes runs repeatable). Pass it explicitly under torch.compile.
+        impl: "auto" | "reference" | "cpu" | "triton" | "cuda".
+
+    Returns:
+        (B, k, L) (or (*G, k, L)) indicators in scores' dtype: entry [i, l] is the fraction of
+        samples in which item l is the i-th selected item in input order. Rows sum to 1.
+    """
+    length, sigma, seed = _check_common(scores, k, num_samples, sigma, seed)
+    impl = _backends.resolve_impl("perturbed_topk", impl, scores.device, SUPPORTED_IMPLS)
+    flat = scores.reshape(-1, length)
+    out = _perturbed_topk(flat, k, num_samples, sigma, seed, impl)
+    return out.reshape(*scores.shape[:-1], k, length)
+
+
+def perturbed_topk_select(
+    x: Tensor,
+    scores: Tensor,
+    k: int,
+    *,
+    num_samples: int = 500,
+    sigma: float = 0.1,
+    seed: int | None = None,
+    impl: str = "auto",
+) -> Tensor:
+    """Differentiable selection of k of L rows: Y_sigma^T x (STTS eq. 9 with eq. 7).
+
+    Args:
+        x: (B, L, D) items (for frames: (B, T, N*C)).
+        scores: (B, L) their scores; same dtype and device as x.
+        k, num_samples, sigma, seed, impl: as perturbed_topk.
+
+    Returns:
+        (B, k, D): row i is the indicator-weighted average of x for the i-th selected slot.
+        Gradients flow to x (indicators^T grad) and to scores (eq. 8 applied to grad x^T).
+        Only the (B, k, L) indicator matrix is materialised, never per-sample noise or one-hots.
+    """
+    check_tensor("x", x, ndim=3, floating=True)
+    check_tensor("scores", scores, ndim=2, floating=True, like=x, shape=(x.shape[0], x.shape[1]))
+    if scores.dtype != x.dtype:
+        raise TypeError(f"scores must have the dtype of x ({x.dtype}), got {scores.dtype}")
+    indicators = perturbed_topk(scores, k, num_samples=num_samples, sigma=sigma, seed=seed, impl=impl)
+    return torch.bmm(indicators, x)

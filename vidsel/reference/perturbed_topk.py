@@ -1,0 +1,58 @@
+"""Pure-PyTorch reference of the perturbed-maximum differentiable top-k (STTS §3.2, eq. 5-8;
+Berthet et al. 2020, "Learning with differentiable perturbed optimizers").
+
+For scores s (L,) the hard top-k (eq. 4-6) is the stack Y in {0,1}^(k x L) of one-hot rows of the
+k largest entries sorted by position (row i = the i-th selected item in input order). With noise
+Z_1..Z_n ~ N(0, I_L) drawn from the shared Philox stream (vidsel/reference/philox.py, stream
+STREAM_PERTURBED_TOPK, counter (l div 4, sample, batch row)):
+
+    forward  (eq. 7)  P = 1/n sum_s Y(s + sigma Z_s)                       (k, L)
+    backward (eq. 8)  dP[i, l]/ds[m] = 1/(n sigma) sum_s Y_s[i, l] Z_s[m]
+                      grad_s[m] = 1/(n sigma) sum_s g_s Z_s[m],  g_s = <G, Y_s> = sum_i G[i, y_s,i]
+
+Ties (only possible with sigma = 0 or repeated scores) go to the lower position. sigma = 0 is the
+hard top-k with zero gradient (STTS §3.2, end). This reference builds the (B, n, L) noise and the
+(B, n, k) indices; the fused backends never do.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vidsel.reference import philox
+
+
+def perturbed_values(scores: torch.Tensor, num_samples: int, sigma: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, L) scores -> (perturbed scores s + sigma Z, Z), both (B, n, L) float64."""
+    batch, length = scores.shape
+    noise = philox.normal(seed, batch, num_samples, length, philox.STREAM_PERTURBED_TOPK, scores.device)
+    return scores.to(torch.float64).unsqueeze(1) + sigma * noise, noise
+
+
+def topk_in_input_order(values: torch.Tensor, k: int) -> torch.Tensor:
+    """(..., L) -> (..., k) int64 positions of the k largest (ties: lower position), ascending."""
+    order = torch.sort(values, dim=-1, descending=True, stable=True).indices[..., :k]
+    return torch.sort(order, dim=-1).values
+
+
+def perturbed_topk(scores: torch.Tensor, k: int, num_samples: int, sigma: float, seed: int) -> torch.Tensor:
+    """Eq. 7: (B, L) scores -> (B, k, L) indicators, the mean over samples of the one-hot top-k."""
+    values, _ = perturbed_values(scores, num_samples, sigma, seed)
+    index = topk_in_input_order(values, k)  # (B, n, k)
+    one_hot = torch.nn.functional.one_hot(index, scores.shape[1])  # (B, n, k, L)
+    counts = one_hot.sum(1)
+    return (counts.to(torch.float64) / num_samples).to(scores.dtype)
+
+
+def perturbed_topk_backward(
+    grad: torch.Tensor, scores: torch.Tensor, k: int, num_samples: int, sigma: float, seed: int
+) -> torch.Tensor:
+    """Eq. 8 contracted with grad (B, k, L): grad_s = E[<G, Y> Z] / sigma, shape (B, L)."""
+    if sigma == 0:
+        return torch.zeros_like(scores)
+    values, noise = perturbed_values(scores, num_samples, sigma, seed)
+    index = topk_in_input_order(values, k)  # (B, n, k)
+    picked = grad.to(torch.float64).unsqueeze(1).expand(-1, num_samples, -1, -1)
+    per_sample = picked.gather(3, index.unsqueeze(-1)).squeeze(-1).sum(-1)  # g_s: (B, n)
+    grad_scores = torch.einsum("bn,bnl->bl", per_sample, noise) / (num_samples * sigma)
+    return grad_scores.to(scores.dtype)
