@@ -69,6 +69,15 @@ def median_ms_repeats(fn, repeats: int = 5, warmup: int = 1) -> float:
     return statistics.median(times) * 1e3
 
 
+def result_mb(value) -> float:
+    """Size of the tensors a call returns (nested tuples/lists), in MiB."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size() / 2**20
+    if isinstance(value, (tuple, list)):
+        return sum(result_mb(v) for v in value)
+    return 0.0
+
+
 def peak_memory_mb(fn) -> float:
     """Peak CPU memory allocated by torch during fn() above what was live before, in MiB.
 
