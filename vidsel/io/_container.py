@@ -21,6 +21,8 @@ from vidsel.io.errors import NoVideoStreamError, VideoReadError
 PICTURE_TYPES = {0: "?", 1: "I", 2: "P", 3: "B", 4: "S", 5: "SI", 6: "SP", 7: "BI"}
 # Picture types predicted from one past reference (MPEG-4 S(GMC)-VOPs and H.264 SP slices behave like P).
 FORWARD_PREDICTED = ("P", "S", "SP")
+# Demuxers FFmpeg picks for plain text (by extension); their "video" is rendered text, never a recording.
+TEXT_DEMUXERS = ("tty",)
 
 
 def picture_type(frame: av.VideoFrame) -> str:
@@ -42,7 +44,7 @@ class Demuxed:
 
     path: str
     container: av.container.InputContainer
-    video: av.video.stream.VideoStream
+    video: av.video.stream.VideoStream | None
     audio: av.audio.stream.AudioStream | None
     video_packets: list = field(default_factory=list)
     audio_packets: list = field(default_factory=list)
@@ -84,10 +86,13 @@ def check_path(path) -> str:
 
 
 @contextlib.contextmanager
-def open_demuxed(path, *, audio: bool, export_motion_vectors: bool = False) -> Iterator[Demuxed]:
+def open_demuxed(
+    path, *, audio: bool, export_motion_vectors: bool = False, require_video: bool = True
+) -> Iterator[Demuxed]:
     """Opens `path`, demuxes all its video (and, if `audio`, audio) packets, and closes it on exit.
 
     export_motion_vectors: ask FFmpeg's decoder for MOTION_VECTORS side data (`flags2=+export_mvs`).
+    require_video=False lets audio-only files through (video is then None and the timeline empty).
     Raises FileNotFoundError, VideoReadError (not a media file, corrupt, truncated, no frames) or
     NoVideoStreamError, each naming the file.
     """
@@ -97,12 +102,29 @@ def open_demuxed(path, *, audio: bool, export_motion_vectors: bool = False) -> I
     except av.FFmpegError as error:
         raise VideoReadError(path, f"FFmpeg cannot open it as a media file ({error.strerror or error})") from error
     try:
-        yield _demux(path, container, audio=audio, export_motion_vectors=export_motion_vectors)
+        if not container.streams.video and not require_video:
+            yield _demux_audio_only(path, container)
+        else:
+            yield _demux(path, container, audio=audio, export_motion_vectors=export_motion_vectors)
     finally:
         container.close()
 
 
+def _demux_audio_only(path: str, container) -> Demuxed:
+    audio = container.streams.audio[0] if container.streams.audio else None
+    demuxed = Demuxed(path=path, container=container, video=None, audio=audio)
+    if audio is None:
+        return demuxed
+    try:
+        demuxed.audio_packets = [p for p in container.demux(audio) if p.size > 0]
+    except av.FFmpegError as error:
+        raise VideoReadError(path, f"corrupt or truncated while demuxing ({error.strerror or error})") from error
+    return demuxed
+
+
 def _demux(path: str, container, *, audio: bool, export_motion_vectors: bool) -> Demuxed:
+    if container.format.name in TEXT_DEMUXERS:
+        raise VideoReadError(path, "is a text file, not a video (FFmpeg would render it as ANSI art)")
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams}) or ["none"]
         raise NoVideoStreamError(
@@ -112,29 +134,53 @@ def _demux(path: str, container, *, audio: bool, export_motion_vectors: bool) ->
     audio_stream = container.streams.audio[0] if audio and container.streams.audio else None
     options = {"flags2": "+export_mvs"} if export_motion_vectors else {}
     video.codec_context.options = options
-    video.thread_type = "AUTO"  # frame threads: output stays in display order, side data is kept per frame
+    video.codec_context.thread_type = "AUTO"  # frame threads: same frames, same order, same side data
     demuxed = Demuxed(path=path, container=container, video=video, audio=audio_stream)
-    streams = [video] + ([audio_stream] if audio_stream is not None else [])
+    last_end = 0.0  # seconds: where the packets of every stream stop (truncation check)
+    seconds_per_tick = {s.index: float(s.time_base) for s in container.streams if s.time_base is not None}
     try:
-        for packet in container.demux(streams):
+        for packet in container.demux():  # every stream, so the truncation check sees the whole file
             if packet.size == 0:  # the demuxer's end-of-stream marker
                 continue
+            tick = seconds_per_tick.get(packet.stream.index)
+            if packet.pts is not None and tick is not None:
+                last_end = max(last_end, (packet.pts + (packet.duration or 0)) * tick)
             if packet.stream.index == video.index:
                 demuxed.video_packets.append(packet)
-            else:
+            elif audio_stream is not None and packet.stream.index == audio_stream.index:
                 demuxed.audio_packets.append(packet)
     except av.FFmpegError as error:
         raise VideoReadError(path, f"corrupt or truncated while demuxing ({error.strerror or error})") from error
     if not demuxed.video_packets:
         raise VideoReadError(path, "the video stream is zero-length (no packets)")
-    declared = video.frames
-    if declared and len(demuxed.video_packets) < declared:
-        raise VideoReadError(
-            path, f"truncated: the header declares {declared} video frames but only "
-            f"{len(demuxed.video_packets)} could be read"
-        )
+    _check_not_truncated(path, container, video, len(demuxed.video_packets), last_end)
     _build_timeline(demuxed)
     return demuxed
+
+
+def _check_not_truncated(path: str, container, video, num_packets: int, last_end: float) -> None:
+    """VideoReadError when the header promises clearly more than the file holds.
+
+    Two header fields are compared with what was demuxed: the video frame count (MP4/MOV) and the
+    container duration, only where the container stores it (MP4/MOV, Matroska/WebM; elsewhere FFmpeg
+    guesses it from the bitrate). A cut losing under max(0.5 s, 10 %) of an MKV, or any cut of a format
+    that stores neither (AVI without index, MPEG-TS, raw streams), is not detectable: the decodable
+    prefix is read.
+    """
+    declared = video.frames
+    if declared and num_packets < declared:
+        raise VideoReadError(
+            path, f"truncated: the header declares {declared} video frames but only {num_packets} could be read"
+        )
+    stores_duration = any(name in container.format.name for name in ("mov", "mp4", "matroska", "webm"))
+    if container.duration and stores_duration:
+        start = (container.start_time or 0) / av.time_base
+        duration = container.duration / av.time_base
+        found = last_end - start
+        if duration - found > max(0.5, 0.1 * duration):
+            raise VideoReadError(
+                path, f"truncated: the header declares {duration:.2f} s but the packets end at {found:.2f} s"
+            )
 
 
 def _build_timeline(demuxed: Demuxed) -> None:

@@ -1,0 +1,79 @@
+"""Audio decoding and the MM-ViT audio segments (§3.2: the waveform is partitioned into T segments
+aligned with the T visual samples)."""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+import torch
+
+from vidsel.io._container import Demuxed, open_demuxed
+from vidsel.io.errors import VideoReadError
+
+
+def decode_audio(demuxed: Demuxed, *, sample_rate: int | None, mono: bool) -> tuple[np.ndarray, int, float] | None:
+    """Decodes the demuxed audio packets once, resampled to float32.
+
+    Returns (waveform (C, N) float32, sample_rate, start time in seconds on the container clock) or None
+    when the file has no audio stream. Samples are laid end to end from the first decoded frame's
+    timestamp (encoder priming, e.g. AAC's 1024 samples, is already dropped by FFmpeg).
+    """
+    if demuxed.audio is None or not demuxed.audio_packets:
+        return None
+    stream = demuxed.audio
+    rate = sample_rate or stream.codec_context.sample_rate or stream.rate
+    layout = "mono" if mono else (stream.codec_context.layout.name if stream.codec_context.layout else "stereo")
+    resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate)
+    chunks: list[np.ndarray] = []
+    start = None
+    try:
+        for packet in demuxed.audio_packets + [None]:
+            for frame in stream.codec_context.decode(packet):
+                if start is None and frame.pts is not None and frame.time_base is not None:
+                    start = float(frame.pts * frame.time_base)
+                chunks += [f.to_ndarray() for f in resampler.resample(frame)]
+        chunks += [f.to_ndarray() for f in resampler.resample(None)]
+    except av.FFmpegError as error:
+        raise VideoReadError(demuxed.path, f"corrupt audio data ({error.strerror or error})") from error
+    if not chunks:
+        return None
+    waveform = np.concatenate([c.reshape(-1, c.shape[-1]) for c in chunks], axis=1).astype(np.float32, copy=False)
+    if start is None:
+        start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+    return waveform, rate, start
+
+
+def segment_audio(
+    waveform: np.ndarray, sample_rate: int, start: float, bounds: list[tuple[float, float]]
+) -> torch.Tensor:
+    """Cuts a mono waveform into len(bounds) equal-length segments.
+
+    waveform: (1, N) or (N,) starting at time `start` (seconds); bounds: [(t0, t1)] equal-length
+    intervals on the same clock. Returns (T, S) float32 with S = round((t1 - t0) * sample_rate);
+    samples before the audio starts or after it ends are zeros.
+    """
+    samples = waveform.reshape(-1)
+    length = max(1, round((bounds[0][1] - bounds[0][0]) * sample_rate))
+    out = np.zeros((len(bounds), length), np.float32)
+    for t, (t0, _) in enumerate(bounds):
+        first = round((t0 - start) * sample_rate)
+        lo, hi = max(first, 0), min(first + length, samples.shape[0])
+        if hi > lo:
+            out[t, lo - first : hi - first] = samples[lo:hi]
+    return torch.from_numpy(out)
+
+
+def read_audio(path, *, sample_rate: int | None = None, mono: bool = True) -> tuple[torch.Tensor, int]:
+    """Decodes a file's first audio stream.
+
+    Args: path: any media file FFmpeg reads (video or audio-only); sample_rate: resample to this rate
+    (None keeps the stream's); mono: downmix to one channel.
+    Returns (waveform (C, N) float32 in [-1, 1], sample_rate). Raises VideoReadError naming the file
+    when it has no audio stream.
+    """
+    with open_demuxed(path, audio=True, require_video=False) as demuxed:
+        decoded = decode_audio(demuxed, sample_rate=sample_rate, mono=mono)
+    if decoded is None:
+        raise VideoReadError(demuxed.path, "has no audio stream")
+    waveform, rate, _ = decoded
+    return torch.from_numpy(np.ascontiguousarray(waveform)), rate
