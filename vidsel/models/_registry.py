@@ -6,9 +6,11 @@ A model family registers one builder per config name; configs are plain dataclas
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 _BUILDERS: dict[str, Callable] = {}
+_PATTERNS: list[tuple[re.Pattern, Callable]] = []
 
 
 def register_model(name: str):
@@ -18,6 +20,20 @@ def register_model(name: str):
         if name in _BUILDERS:
             raise ValueError(f"model {name!r} is registered twice")
         _BUILDERS[name] = builder
+        return builder
+
+    return wrap
+
+
+def register_model_pattern(regex: str):
+    """Decorator for a family whose names follow a grammar (e.g. STTS "mvit_b16-T0.6@0-S0.9@4"):
+    `@register_model_pattern(r"mvit_b16(-[TS][0-9.]+@[0-9]+)*") def _(name, **overrides)`.
+
+    `create_model` tries the patterns (full match) for names that are not registered exactly.
+    """
+
+    def wrap(builder: Callable) -> Callable:
+        _PATTERNS.append((re.compile(regex), builder))
         return builder
 
     return wrap
@@ -34,6 +50,9 @@ def create_model(name: str, **overrides):
     """Builds a registered model; unknown names raise ValueError listing the known ones."""
     _import_families()
     if name not in _BUILDERS:
+        for pattern, builder in _PATTERNS:
+            if pattern.fullmatch(name):
+                return builder(name, **overrides)
         raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(_BUILDERS))}")
     return _BUILDERS[name](**overrides)
 

@@ -1,0 +1,289 @@
+"""Behaviour of the STTS models (vidsel.models.stts): grammar, counts, shapes, training, eval, learning.
+
+Small configs throughout (reduced width, depth, frames and resolution). Single-threaded: the
+machine is shared and tiny models run faster on one thread than on two contended ones.
+"""
+
+import pytest
+import torch
+from torch import nn
+
+import vidsel
+from tests.helpers import assert_close, cpu_backends
+from vidsel.models import stts
+from vidsel.models.stts import (
+    AnchorSpatialSelector,
+    ScorerNetwork,
+    SelectionSpec,
+    TemporalSelector,
+    anchor_side,
+    frames_kept,
+    parse_selections,
+    sigma_at,
+)
+
+SMALL = {
+    # 8 frames at 64² -> MViT grid (4, 16, 16) before block 0, (4, 4, 4) before block 2
+    "mvit_b16": dict(embed_dim=16, stage_depths=(1, 1, 2, 1), num_frames=8, img_size=64, num_classes=5),
+    # 8 frames at 56² -> Swin grid (4, 14, 14), window (2, 7, 7)
+    "swin3d_b": dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), window_size=(2, 7, 7),
+                     num_frames=8, img_size=56, num_classes=5),
+    # 4 frames at 64², patch 16 -> grid (4, 4, 4)
+    "timesformer_8x224": dict(embed_dim=32, depth=3, num_heads=2, num_frames=4, img_size=64, num_classes=5),
+}
+SMALL_NAMES = {
+    "mvit_b16": "mvit_b16-T0.5@0-S0.6@2",
+    "swin3d_b": "swin3d_b-T0.5@1",
+    "timesformer_8x224": "timesformer_8x224-T0.75@1-S0.6@1",
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def small_model(name: str, **overrides):
+    backbone = stts.split_name(name)[0]
+    return vidsel.create_model(name, **{**SMALL[backbone], "num_samples": 64, **overrides})
+
+
+# --- grammar and count rules --------------------------------------------------------------------
+
+
+def test_grammar_parses_the_papers_notation():
+    backbone, specs = stts.split_name("mvit_b16-S0.9@4-T0.6@0")
+    assert backbone == "mvit_b16"
+    assert specs == (SelectionSpec("T", 0.6, 0), SelectionSpec("S", 0.9, 4))  # ordered by block
+    assert stts.format_selections(parse_selections("T0.9@0-T0.7@4-S0.9@0-S0.7@4")) == "-T0.9@0-S0.9@0-T0.7@4-S0.7@4"
+    for bad in ("mvit_b16-T0.6", "mvit_b16-X0.5@0", "vit-T0.5@0", "mvit_b16-T1.5@0", "mvit_b16-T0@0"):
+        with pytest.raises(ValueError):
+            vidsel.create_model(bad)
+
+
+def test_registry_lists_paper_configs_and_parses_unregistered_strings():
+    names = vidsel.list_models("mvit_b16*")
+    assert {"mvit_b16", "mvit_b16-T0.6@0-S0.9@4", "mvit_b16-T0.8@0-S0.7@0"} <= set(names)
+    assert "swin3d_b-T0.6@0" in vidsel.list_models("swin3d_b*")
+    unregistered = "mvit_b16-T0.7@1-S0.8@2"
+    assert unregistered not in vidsel.list_models()
+    model = small_model(unregistered)
+    assert [s.label for s in model.specs] == ["T0.7@1", "S0.8@2"]
+
+
+def test_invalid_configs_raise():
+    with pytest.raises(ValueError, match="temporal selections only"):
+        small_model("swin3d_b-S0.5@0")
+    with pytest.raises(ValueError, match="block 9 does not exist"):
+        small_model("mvit_b16-T0.5@9")
+    with pytest.raises(ValueError, match="unknown config field"):
+        vidsel.create_model("mvit_b16", not_a_field=1)
+
+
+def test_ratio_to_count_rules():
+    assert [frames_kept(8, r) for r in (0.3, 0.5, 0.6, 0.8, 0.9, 1.0)] == [2, 4, 5, 6, 7, 8]
+    assert frames_kept(16, 0.6) == 10 and frames_kept(4, 0.01) == 1
+    assert anchor_side(14, 14, 0.9) == 13 and anchor_side(56, 56, 0.7) == 47
+    assert anchor_side(56, 56, 0.6) == 43 and anchor_side(14, 14, 0.3) == 8 and anchor_side(14, 14, 0.18) == 6
+
+
+def test_sigma_decays_linearly_to_zero():
+    assert sigma_at(0, 100, 0.1) == pytest.approx(0.1)
+    assert sigma_at(25, 100, 0.1) == pytest.approx(0.075)
+    assert sigma_at(100, 100, 0.1) == 0.0 and sigma_at(150, 100, 0.1) == 0.0
+    for bad in ((0, 0, 0.1), (-1, 10, 0.1), (0, 10, -0.1)):
+        with pytest.raises(ValueError):
+            sigma_at(*bad)
+
+
+# --- scorer and selectors -----------------------------------------------------------------------
+
+
+def test_scorer_is_min_max_normalised_and_uses_the_global_feature():
+    scorer = ScorerNetwork(12)
+    tokens = torch.randn(3, 7, 12)
+    scores = scorer(tokens)
+    assert scores.shape == (3, 7)
+    assert torch.allclose(scores.amin(1), torch.zeros(3)) and torch.allclose(scores.amax(1), torch.ones(3), atol=1e-4)
+    # eq. 2-3: a token's score depends on the others through the mean (global) feature
+    changed = tokens.clone()
+    changed[:, 1:] = torch.randn(3, 6, 12)
+    assert not torch.allclose(scorer.raw_scores(tokens)[:, 0], scorer.raw_scores(changed)[:, 0])
+
+
+def test_temporal_selector_eval_keeps_the_top_frames_in_order():
+    selector = TemporalSelector(8, 0.5).eval()
+    grid = torch.randn(2, 6, 3, 3, 8)
+    out = selector(grid)
+    assert out.shape == (2, 3, 3, 3, 8)
+    best = selector.frame_scores(grid).topk(3, dim=1).indices.sort(dim=1).values
+    expected = torch.stack([grid[b, best[b]] for b in range(2)])
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
+def test_anchor_selector_eval_keeps_one_square_window_per_frame():
+    selector = AnchorSpatialSelector(8, 0.5).eval()
+    grid = torch.randn(2, 3, 9, 9, 8)
+    out = selector(grid)
+    side, stride = anchor_side(9, 9, 0.5), selector.anchor_stride(9, 9)
+    assert (side, stride) == (6, 1) and out.shape == (2, 3, 6, 6, 8)
+    for b in range(2):
+        for t in range(3):
+            windows = [grid[b, t, r:r + side, c:c + side] for r in range(0, 4, stride) for c in range(0, 4, stride)]
+            assert any(torch.equal(out[b, t], w) for w in windows)
+
+
+# --- models -------------------------------------------------------------------------------------
+
+
+def _record_grids(model):
+    """Forward pre-hooks that record the (T, H, W) token grid entering every block."""
+    grids, handles = [], []
+    backbone = model.backbone
+    if isinstance(model, stts.STTSSwin3d):
+        blocks = [b for layer in backbone.features if isinstance(layer, nn.Sequential) for b in layer]
+        hook = lambda m, args: grids.append(tuple(args[0].shape[1:4]))  # noqa: E731
+    else:
+        blocks = list(backbone.blocks)
+
+        def hook(module, args):
+            x, thw = args
+            assert x.shape[1] == 1 + thw[0] * thw[1] * thw[2]  # class token + the grid
+            grids.append(tuple(thw))
+
+    handles = [b.register_forward_pre_hook(hook) for b in blocks]
+    return grids, handles
+
+
+@pytest.mark.parametrize("backbone", sorted(SMALL))
+def test_forward_shapes_and_token_counts_follow_the_formulas(backbone):
+    model = small_model(SMALL_NAMES[backbone]).eval()
+    (clip,) = model.example_inputs(batch_size=2)
+    grids, handles = _record_grids(model)
+    with torch.no_grad():
+        logits = model(clip)
+    for h in handles:
+        h.remove()
+    assert logits.shape == (2, 5) and torch.isfinite(logits).all()
+    assert grids == model.token_grid_plan()
+
+
+def test_token_grid_plan_of_the_paper_configs():
+    with torch.device("meta"):
+        plan = vidsel.create_model("mvit_b16-T0.6@0-S0.9@4").token_grid_plan()
+        # blocks 1 and 3 pool their queries (56 -> 28 -> 14); the anchor makes 14 -> 13 before block 4
+        assert plan[0] == (5, 56, 56) and plan[3] == (5, 28, 28) and plan[4] == (5, 13, 13)
+        assert plan[15] == (5, 7, 7)  # 13 -> 7 by the stride-2 query pooling of block 14
+        plan = vidsel.create_model("mvit_b16-T0.8@0-S0.7@0").token_grid_plan()
+        assert plan[0] == (6, 47, 47) and plan[2] == (6, 24, 24)  # block 1 pools 47 -> 24
+        assert vidsel.create_model("swin3d_b-T0.6@0").token_grid_plan()[0] == (10, 56, 56)
+
+
+@pytest.mark.parametrize("backbone", sorted(SMALL))
+def test_adamw_step_lowers_loss_and_trains_the_scorers_through_perturbed_topk(backbone):
+    model = small_model(SMALL_NAMES[backbone], **({"dropout": 0.0} if backbone == "mvit_b16" else {})).train()
+    model.set_sigma(0.1)
+    (clip,) = model.example_inputs(batch_size=4)
+    labels = torch.arange(4) % 5
+    optimizer = torch.optim.AdamW(
+        [{"params": model.backbone_parameters(), "lr": 1e-3}, {"params": model.selector_parameters(), "lr": 1e-2}]
+    )
+
+    def loss_with_fixed_noise():
+        torch.manual_seed(123)  # the same perturbations / stochastic depth in both passes
+        return nn.functional.cross_entropy(model(clip), labels)
+
+    loss = loss_with_fixed_noise()
+    loss.backward()
+    for selector in model.selectors:
+        for weight in (selector.scorer.local.weight, selector.scorer.score.weight):
+            assert weight.grad is not None and torch.isfinite(weight.grad).all() and weight.grad.abs().sum() > 0
+    optimizer.step()
+    with torch.no_grad():
+        assert loss_with_fixed_noise() < loss
+
+
+def test_sigma_zero_trains_with_hard_topk_and_no_scorer_gradient():
+    # §3.2: at sigma = 0 the perturbed top-k is the hard top-k and the scorer's gradient vanishes
+    model = small_model("mvit_b16-T0.5@0-S0.6@2").train()
+    model.set_sigma(0.0)
+    model(model.example_inputs(2)[0]).sum().backward()
+    for selector in model.selectors:
+        assert all(p.grad is None or not p.grad.any() for p in selector.scorer.parameters())
+
+
+@pytest.mark.parametrize("backbone", sorted(SMALL))
+def test_eval_is_hard_and_deterministic(backbone):
+    model = small_model(SMALL_NAMES[backbone])
+    (clip,) = model.example_inputs(batch_size=2)
+    model.eval()
+    with torch.no_grad():
+        first, second = model(clip), model(clip)
+        torch.manual_seed(5)
+        third = model(clip)
+    assert torch.equal(first, second) and torch.equal(first, third)
+    selector = model.selectors[0]
+    grid = torch.randn(2, 4, 4, 4, selector.dim)
+    with torch.no_grad():
+        hard = selector.eval()(grid)
+        soft = selector.train()(grid)  # the perturbed top-k mixes frames / anchors
+    assert hard.shape == soft.shape and not torch.allclose(hard, soft)
+
+
+def test_learning_check_selector_finds_the_informative_frame():
+    """Only one of T = 8 frames carries the label (a class prototype added to its tokens); the rest
+    is noise. A temporal selector keeping K = 1 frame and a linear head, trained end to end through
+    the perturbed top-k (sigma decayed linearly to 0), must then pick that frame >= 90% of the time
+    in eval (hard top-1); chance is 1/8."""
+    generator = torch.Generator().manual_seed(0)
+    frames, classes, dim = 8, 4, 16
+    prototypes = torch.randn(classes, dim, generator=generator)
+
+    def clips(n):
+        labels = torch.randint(0, classes, (n,), generator=generator)
+        where = torch.randint(0, frames, (n,), generator=generator)
+        grid = torch.randn(n, frames, 2, 2, dim, generator=generator)
+        grid[torch.arange(n), where] += 2 * prototypes[labels][:, None, None, :]
+        return grid, labels, where
+
+    selector = TemporalSelector(dim, 1 / frames, num_samples=100)
+    head = nn.Linear(dim, classes)
+    optimizer = torch.optim.AdamW([*selector.parameters(), *head.parameters()], lr=1e-2)
+    steps = 100
+    selector.train()
+    for step in range(steps):
+        selector.sigma = sigma_at(step, steps, 0.5)
+        grid, labels, _ = clips(64)
+        loss = nn.functional.cross_entropy(head(selector(grid).mean(dim=(1, 2, 3))), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    selector.eval()
+    grid, _, where = clips(512)
+    with torch.no_grad():
+        kept = selector(grid)[:, 0]
+    hits = (kept == grid[torch.arange(512), where]).flatten(1).all(dim=1).float().mean().item()
+    assert hits >= 0.9
+
+
+@pytest.mark.parametrize("impl", [b for b in cpu_backends() if b != "reference"])
+def test_every_op_backend_gives_the_reference_model_output(impl):
+    # the selection ops are the only backend-dependent part: same weights, same clip, same output
+    name = "timesformer_8x224-T0.75@1-S0.6@1"
+    reference = small_model(name, impl="reference").eval()
+    other = small_model(name, impl=impl).eval()
+    other.load_state_dict(reference.state_dict())
+    (clip,) = reference.example_inputs(batch_size=2)
+    with torch.no_grad():
+        assert_close(other(clip), reference(clip))
+
+
+def test_explicit_anchor_stride():
+    model = small_model("mvit_b16-S0.6@2", anchor_stride=1)
+    assert model.selectors[0].anchor_stride(4, 4) == 1
+    assert model.selectors[0].side(4, 4) == 3
+    # default: max((H - a) // 2, 1) — at most three anchor positions per axis
+    assert AnchorSpatialSelector(8, 0.7).anchor_stride(56, 56) == 4  # a = 47: rows 0, 4, 8
