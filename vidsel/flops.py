@@ -48,6 +48,16 @@ import vidsel.ops  # noqa: F401  (registers the FLOP formulas of every vidsel op
 
 aten = torch.ops.aten
 
+# `with torch.device("meta")` recognises factory functions through a cached set of the torch.*
+# callables; fill the cache now, while torch.empty & co. are the real ones (a test harness that
+# later wraps torch.empty would otherwise make meta-device construction allocate on the CPU).
+try:
+    from torch.utils._device import _device_constructors
+
+    _device_constructors()
+except ImportError:  # pragma: no cover - private helper moved; construction still works unpatched
+    pass
+
 __all__ = ["FlopReport", "count", "count_model", "main", "FORMULAS"]
 
 
@@ -167,6 +177,26 @@ def _relative_name(name: str, root: str) -> str | None:
     return None
 
 
+def _untracked_containers(by_module: dict[str, float]) -> dict[str, float]:
+    """Totals of modules whose forward never ran but whose children did (ModuleList "blocks",
+    blocks driven stage by stage): each counted module adds to its ancestors up to the first
+    counted one (which already includes it)."""
+    extra: dict[str, float] = {}
+    for name, value in by_module.items():
+        parent = name
+        while parent:
+            parent = parent.rpartition(".")[0]
+            if parent in by_module:
+                break
+            extra[parent] = extra.get(parent, 0.0) + value
+    extra.pop("", None)
+    return extra
+
+
+def _natural_key(name: str):
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in name.split(".")]
+
+
 def count(model: torch.nn.Module, *inputs, train: bool = False, **kwargs) -> FlopReport:
     """Counts one forward of `model(*inputs, **kwargs)` in the papers' convention.
 
@@ -199,9 +229,10 @@ def count(model: torch.nn.Module, *inputs, train: bool = False, **kwargs) -> Flo
         by_module[relative] = sum(ops.values()) / 2e9
         module_ops[relative] = {_op_name(op): v / 2e9 for op, v in ops.items()}
     global_ops = counts.get("Global", {})
+    by_module.update(_untracked_containers(by_module))
     return FlopReport(
         gmacs=sum(global_ops.values()) / 2e9,
-        by_module=dict(sorted(by_module.items())),
+        by_module=dict(sorted(by_module.items(), key=lambda kv: _natural_key(kv[0]))),
         by_op={_op_name(op): v / 2e9 for op, v in sorted(global_ops.items(), key=lambda kv: -kv[1])},
         module_ops=module_ops,
         params=sum(p.numel() for p in model.parameters()),
@@ -239,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--img-size", type=int, help="override config field img_size")
     parser.add_argument("--depth", type=int, help="override config field depth (number of blocks)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other config overrides")
-    parser.add_argument("--table-depth", type=int, default=2, help="module nesting shown in the table")
+    parser.add_argument("--table-depth", type=int, default=3, help="module nesting shown in the table")
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in (("num_frames", args.frames), ("img_size", args.img_size), ("depth", args.depth)) if v}
     for item in args.set:

@@ -9,9 +9,11 @@
 // Nothing of size (B, G, h, w, D) is ever built (the unfold of the STTS code). Anchors with a zero
 // weight are skipped in the x-side sums, so a one-hot weight (hard selection) costs one copy.
 #include "cpu/common.h"
+#include "cpu/huge_page_output.h"
 
 #include <ATen/OpMathType.h>
 
+#include <algorithm>
 #include <vector>
 
 namespace vidsel {
@@ -31,13 +33,19 @@ AnchorGrid make_grid(int64_t height, int64_t width, int64_t ah, int64_t aw, int6
   return {height, width, ah, aw, sh, sw, (height - ah) / sh + 1, (width - aw) / sw + 1};
 }
 
+// Score maps are small (14x14 patches): batches worth less than ~64k operations run inline, since
+// waking the thread pool costs more than the work.
+int64_t maps_per_task(const AnchorGrid& grid) {
+  return std::max<int64_t>(1, (int64_t{1} << 16) / (grid.height * grid.width + 4 * grid.count()));
+}
+
 template <typename scalar_t>
 void anchor_scores_kernel(const at::Tensor& scores, const AnchorGrid& grid, at::Tensor& out) {
   const int64_t frames = scores.size(0), h = grid.height, w = grid.width, stride = w + 1;
   const scalar_t* s_ptr = scores.data_ptr<scalar_t>();
   scalar_t* o_ptr = out.data_ptr<scalar_t>();
   const double area = static_cast<double>(grid.anchor_h * grid.anchor_w);
-  at::parallel_for(0, frames, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, frames, maps_per_task(grid), [&](int64_t begin, int64_t end) {
     std::vector<double> sat((h + 1) * (w + 1), 0.0);  // sat[p][q] = sum of scores[:p, :q]
     for (int64_t f = begin; f < end; ++f) {
       const scalar_t* s = s_ptr + f * h * w;
@@ -65,7 +73,7 @@ void anchor_scores_backward_kernel(const at::Tensor& grad, const AnchorGrid& gri
   const scalar_t* g_ptr = grad.data_ptr<scalar_t>();
   scalar_t* o_ptr = out.data_ptr<scalar_t>();
   const double area = static_cast<double>(grid.anchor_h * grid.anchor_w);
-  at::parallel_for(0, frames, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, frames, maps_per_task(grid), [&](int64_t begin, int64_t end) {
     std::vector<double> diff((h + 1) * (w + 1));
     for (int64_t f = begin; f < end; ++f) {
       std::fill(diff.begin(), diff.end(), 0.0);
@@ -171,7 +179,10 @@ void anchor_gather_backward_kernel(const at::Tensor& grad, const at::Tensor& x, 
           if (gw_ptr) {
             const scalar_t* xrow = xf + offset;
             acc_t row_dot = 0;
-            for (int64_t c = 0; c < window_row; ++c) row_dot += static_cast<acc_t>(grow[c]) * static_cast<acc_t>(xrow[c]);
+#pragma omp simd reduction(+ : row_dot)
+            for (int64_t c = 0; c < window_row; ++c) {
+              row_dot += static_cast<acc_t>(grow[c]) * static_cast<acc_t>(xrow[c]);
+            }
             dot += static_cast<double>(row_dot);
           }
         }
@@ -200,7 +211,7 @@ at::Tensor anchor_gather_cpu(const at::Tensor& x_in, const at::Tensor& weights_i
   const AnchorGrid grid = make_grid(x_in.size(1), x_in.size(2), ah, aw, sh, sw);
   TORCH_CHECK(weights_in.size(1) == grid.count(), "vidsel: weights must have G=", grid.count(), " columns");
   const at::Tensor x = x_in.contiguous();
-  at::Tensor out = new_output({x.size(0), ah, aw, x.size(3)}, x.options());
+  at::Tensor out = huge_page_output({x.size(0), ah, aw, x.size(3)}, x.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vidsel_anchor_gather", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const at::Tensor w = weights_in.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
@@ -221,7 +232,7 @@ std::tuple<at::Tensor, at::Tensor> anchor_gather_backward_cpu(const at::Tensor& 
   const AnchorGrid grid = make_grid(x_in.size(1), x_in.size(2), grad_in.size(1), grad_in.size(2), sh, sw);
   TORCH_CHECK(weights_in.size(1) == grid.count(), "vidsel: weights must have G=", grid.count(), " columns");
   const at::Tensor x = x_in.contiguous(), grad = grad_in.contiguous();
-  at::Tensor grad_x = need_grad_x ? new_output(x.sizes(), x.options()) : at::empty({0}, x.options());
+  at::Tensor grad_x = need_grad_x ? huge_page_output(x.sizes(), x.options()) : at::empty({0}, x.options());
   at::Tensor grad_w = need_grad_weights ? new_output(weights_in.sizes(), weights_in.options().dtype(at::kDouble))
                                         : at::empty({0}, weights_in.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vidsel_anchor_gather_backward", [&] {

@@ -11,6 +11,7 @@
 #include "cpu/common.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <bit>
 #include <cmath>
 #include <cstdint>
@@ -33,8 +34,9 @@ namespace {
 constexpr int64_t kQueryTile = 256;     // rows of a query tile (cut early at chunk boundaries)
 constexpr int64_t kMinTileRows = 32;    // tiny chunks are packed into one tile, masked per row
 constexpr int64_t kKeyBlock = 512;      // keys per score block in the forward
-constexpr int64_t kBwdQueryTile = 128;  // the backward keeps 2 score-sized buffers per block
-constexpr int64_t kBwdKeyBlock = 256;
+static int64_t env_int(const char* name, int64_t fallback) { const char* v = std::getenv(name); return v ? std::atoll(v) : fallback; }
+static const int64_t kBwdQueryTile = env_int("CA_BQ", 128);
+static const int64_t kBwdKeyBlock = env_int("CA_BK", 256);
 
 // Row-major C (m x n) = alpha * op(A) op(B) + beta * C, where op(A) is m x k and op(B) is k x n.
 // trans_a: A is stored k x m; trans_b: B is stored n x k. Column-major BLAS sees C^T = op(B)^T op(A)^T.
@@ -73,6 +75,23 @@ inline float exp_nonpositive(float x) {
 }
 
 inline double exp_nonpositive(double x) { return std::exp(x); }
+
+// max of s[0..n): 16 independent lanes so the compiler emits vector max (a plain max reduction
+// stays scalar without -ffast-math).
+template <typename T>
+T max_of(const T* s, int64_t n) {
+  constexpr int64_t kLanes = 16;
+  T lanes[kLanes];
+  std::fill(lanes, lanes + kLanes, -std::numeric_limits<T>::infinity());
+  int64_t c = 0;
+  for (; c + kLanes <= n; c += kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l) lanes[l] = lanes[l] > s[c + l] ? lanes[l] : s[c + l];
+  }
+  for (; c < n; ++c) lanes[0] = lanes[0] > s[c] ? lanes[0] : s[c];
+  T best = lanes[0];
+  for (int64_t l = 1; l < kLanes; ++l) best = best > lanes[l] ? best : lanes[l];
+  return best;
+}
 
 // Where the keys of every query row end: query row i sits at key position Lk - Lq + i and sees
 // keys [0, key_end[i]), the end of its chunk (eq. 8).
@@ -122,9 +141,17 @@ struct Problem {
   std::vector<int64_t> key_end;
   std::vector<Tile> tiles;
 
-  const T* q_rows(int64_t bh, int64_t row) const { return q + (bh * lq + row) * dim; }
-  const T* k_rows(int64_t bh, int64_t col) const { return k + (bh * lk + col) * dim; }
-  const T* v_rows(int64_t bh, int64_t col) const { return v + (bh * lk + col) * dim; }
+  // Strides (batch, head, row) of q, k, v: any layout whose last dimension is contiguous is read in
+  // place (streaming slices of a cache, heads split from a fused qkv projection), the row stride is the
+  // BLAS leading dimension.
+  int64_t q_stride[3], k_stride[3], v_stride[3];
+
+  static const T* row_ptr(const T* base, const int64_t* stride, int64_t bh, int64_t heads, int64_t row) {
+    return base + (bh / heads) * stride[0] + (bh % heads) * stride[1] + row * stride[2];
+  }
+  const T* q_rows(int64_t bh, int64_t row) const { return row_ptr(q, q_stride, bh, heads, row); }
+  const T* k_rows(int64_t bh, int64_t col) const { return row_ptr(k, k_stride, bh, heads, col); }
+  const T* v_rows(int64_t bh, int64_t col) const { return row_ptr(v, v_stride, bh, heads, col); }
 };
 
 // scores (rows x cols, ld) of key block [j0, j0 + cols): add the key bias, and turn keys beyond each
@@ -162,13 +189,12 @@ void forward_tile(const Problem<T>& p, int64_t bh, const Tile& tile, T* out, T* 
   for (int64_t j0 = 0; j0 < key_stop; j0 += kKeyBlock) {
     const int64_t cols = std::min(kKeyBlock, key_stop - j0);
     T* s_buf = scores.data();
-    gemm(false, true, rows, cols, d, p.scale, q_tile, d, p.k_rows(bh, j0), d, T(0), s_buf, cols);
+    gemm(false, true, rows, cols, d, p.scale, q_tile, p.q_stride[2], p.k_rows(bh, j0), p.k_stride[2], T(0), s_buf,
+         cols);
     bias_and_mask(p, b, tile, j0, cols, s_buf, cols);
     for (int64_t r = 0; r < rows; ++r) {
       T* s = s_buf + r * cols;
-      T block_max = neg_inf;
-#pragma omp simd reduction(max : block_max)
-      for (int64_t c = 0; c < cols; ++c) block_max = std::max(block_max, s[c]);
+      const T block_max = max_of(s, cols);
       const T new_max = std::max(row_max[r], block_max);
       // A row with nothing visible yet keeps max -inf: use 0 so exp(-inf - 0) = 0, not NaN.
       const T shift = new_max == neg_inf ? T(0) : new_max;
@@ -188,7 +214,7 @@ void forward_tile(const Problem<T>& p, int64_t bh, const Tile& tile, T* out, T* 
         for (int64_t c = 0; c < d; ++c) a[c] *= rescale;
       }
     }
-    gemm(false, false, rows, d, cols, T(1), s_buf, cols, p.v_rows(bh, j0), d, T(1), acc.data(), d);
+    gemm(false, false, rows, d, cols, T(1), s_buf, cols, p.v_rows(bh, j0), p.v_stride[2], T(1), acc.data(), d);
   }
   for (int64_t r = 0; r < rows; ++r) {
     const T inv = T(1) / row_sum[r];
@@ -251,9 +277,10 @@ void backward_head(const Problem<T>& p, const Grads<T>& g, int64_t bh, std::vect
       const int64_t cols = std::min(kBwdKeyBlock, key_stop - j0);
       T* pr = probs.data();
       T* dp = dprobs.data();
-      gemm(false, true, rows, cols, d, p.scale, q_tile, d, p.k_rows(bh, j0), d, T(0), pr, cols);
+      gemm(false, true, rows, cols, d, p.scale, q_tile, p.q_stride[2], p.k_rows(bh, j0), p.k_stride[2], T(0), pr,
+           cols);
       bias_and_mask(p, b, tile, j0, cols, pr, cols);
-      gemm(false, true, rows, cols, d, T(1), do_tile, d, p.v_rows(bh, j0), d, T(0), dp, cols);
+      gemm(false, true, rows, cols, d, T(1), do_tile, d, p.v_rows(bh, j0), p.v_stride[2], T(0), dp, cols);
       for (int64_t r = 0; r < rows; ++r) {
         T* s = pr + r * cols;
         T* ds = dp + r * cols;
@@ -266,8 +293,10 @@ void backward_head(const Problem<T>& p, const Grads<T>& g, int64_t bh, std::vect
         }
       }
       gemm(true, false, cols, d, rows, T(1), pr, cols, do_tile, d, T(1), grad_v + j0 * d, d);   // dV += P^T dO
-      gemm(false, false, rows, d, cols, p.scale, dp, cols, p.k_rows(bh, j0), d, T(1), dq_acc.data(), d);  // dQ
-      gemm(true, false, cols, d, rows, p.scale, dp, cols, q_tile, d, T(1), grad_k + j0 * d, d);  // dK += dS^T Q
+      gemm(false, false, rows, d, cols, p.scale, dp, cols, p.k_rows(bh, j0), p.k_stride[2], T(1), dq_acc.data(),
+           d);  // dQ += dS K
+      gemm(true, false, cols, d, rows, p.scale, dp, cols, q_tile, p.q_stride[2], T(1), grad_k + j0 * d,
+           d);  // dK += dS^T Q
       if (grad_bias) {
         for (int64_t r = 0; r < rows; ++r) {
           const T* ds = dp + r * cols;
@@ -329,6 +358,15 @@ at::ScalarType compute_type(const at::Tensor& t) {
   return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+// t in the compute type with a contiguous last dimension and strides that fit 32-bit BLAS (no copy
+// when it already qualifies).
+at::Tensor rows_in_place(const at::Tensor& t, at::ScalarType type) {
+  at::Tensor out = t.to(type);
+  const bool fits = out.stride(3) == 1 && out.stride(2) >= std::max<int64_t>(out.size(3), 1) &&
+                    out.stride(2) < std::numeric_limits<int>::max();
+  return fits ? out : out.contiguous();
+}
+
 template <typename T>
 Problem<T> make_problem(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor* bias,
                         at::IntArrayRef chunk_lens, double scale, int64_t max_tile_rows) {
@@ -343,6 +381,11 @@ Problem<T> make_problem(const at::Tensor& q, const at::Tensor& k, const at::Tens
   p.lk = k.size(2);
   p.dim = q.size(3);
   p.scale = T(scale);
+  for (int i = 0; i < 3; ++i) {
+    p.q_stride[i] = q.stride(i);
+    p.k_stride[i] = k.stride(i);
+    p.v_stride[i] = v.stride(i);
+  }
   p.key_end = query_key_ends(chunk_lens, p.lq, p.lk);
   p.tiles = make_tiles(p.key_end, max_tile_rows);
   return p;
@@ -354,7 +397,7 @@ std::tuple<at::Tensor, at::Tensor> chunk_attention_fwd_cpu(const at::Tensor& q, 
                                                             double scale) {
   check_chunk_args(q, k, v, chunk_lens, key_bias);
   const auto type = compute_type(q);
-  const at::Tensor qc = q.to(type).contiguous(), kc = k.to(type).contiguous(), vc = v.to(type).contiguous();
+  const at::Tensor qc = rows_in_place(q, type), kc = rows_in_place(k, type), vc = rows_in_place(v, type);
   at::Tensor bias;
   if (key_bias.has_value()) bias = key_bias->to(type).contiguous();
   at::Tensor out = new_output(q.sizes(), qc.options());
@@ -380,8 +423,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_attention_bwd_c
   TORCH_CHECK(grad_out.sizes() == q.sizes() && out.sizes() == q.sizes(), "vidsel: grad_out and out must have q's shape");
   TORCH_CHECK(lse.dim() == 3 && lse.size(0) == q.size(0) && lse.size(1) == q.size(1) && lse.size(2) == q.size(2),
               "vidsel: lse must have shape (B, H, Lq)");
+  TORCH_CHECK(!bias_grad || key_bias.has_value(), "vidsel: bias_grad needs key_bias");
   const auto type = compute_type(q);
-  const at::Tensor qc = q.to(type).contiguous(), kc = k.to(type).contiguous(), vc = v.to(type).contiguous();
+  const at::Tensor qc = rows_in_place(q, type), kc = rows_in_place(k, type), vc = rows_in_place(v, type);
   const at::Tensor go = grad_out.to(type).contiguous(), oc = out.to(type).contiguous(), lc = lse.to(type).contiguous();
   at::Tensor bias;
   if (key_bias.has_value()) bias = key_bias->to(type).contiguous();

@@ -15,6 +15,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <array>
 #include <numeric>
 #include <tuple>
 #include <vector>
@@ -194,9 +195,8 @@ std::vector<at::Tensor> embed_backward(const at::Tensor& grad_tokens_in, const a
                                        const at::Tensor& iframe, const at::Tensor& motion,
                                        const at::Tensor& residual, const c10::optional<at::Tensor>& audio_feat,
                                        at::TensorList visual, at::TensorList audio, int64_t patch, bool expand_audio,
-                                       at::ArrayRef<bool> input_mask) {
+                                       std::array<bool, 4> input_mask) {
   check_params(iframe, motion, residual, audio_feat, visual, audio, patch);
-  TORCH_CHECK(input_mask.size() == 4, "vidsel: input_mask must have 4 entries");
   const int64_t batch = iframe.size(0), frames = iframe.size(1), dim = visual[0].size(0);
   const int64_t height = iframe.size(3), width = iframe.size(4), n = (height / patch) * (width / patch);
   const bool replicate = audio_feat.has_value() && expand_audio;
@@ -219,7 +219,7 @@ std::vector<at::Tensor> embed_backward(const at::Tensor& grad_tokens_in, const a
   } else {
     TORCH_CHECK(grad_audio.sizes() == at::IntArrayRef({batch, frames, dim}), "vidsel: grad_audio must be (B, T, D)");
     at::Tensor grad_a = grad_audio.to(accumulate_type(iframe.scalar_type()));
-    if (replicate) grad_a = grad_a + grad_tokens.select(1, 3).sum(2, false, grad_a.scalar_type());
+    if (replicate) grad_a = grad_a + grad_tokens.select(1, 3).to(grad_a.scalar_type()).sum(2);
     grad_a = grad_a.to(iframe.scalar_type()).reshape({batch * frames, dim});
     const at::Tensor feat = audio_feat->contiguous().view({batch * frames, audio_feat->size(2)});
     if (input_mask[3]) input_grads[3] = at::mm(grad_a, audio[0]).view(audio_feat->sizes());

@@ -18,34 +18,71 @@
 namespace vidsel {
 namespace {
 
-// Scratch of one task: the perturbed values, the noise, a selection copy and the Philox words.
+// Scratch of one task: the perturbed values, the noise, selection buffers and the Philox scratch.
 struct SampleScratch {
-  std::vector<double> values, noise, pick;
-  std::vector<uint32_t> words;
-  std::vector<int64_t> selected;  // the k selected positions, ascending
+  std::vector<double> values, noise, buffer_a, buffer_b;
+  std::vector<int64_t> selected;  // the k selected positions, ascending (+1 slot for branch-free writes)
+  philox::RowScratch rng;
   explicit SampleScratch(int64_t length, int64_t k)
-      : values(length), noise(length), pick(length), words(4 * ((length + 3) / 4)), selected(k) {}
+      : values(length), noise(length), buffer_a(length), buffer_b(length), selected(length + 1), rng(length) {}
 };
+
+// The k-th largest of values[0..n) (k >= 1) by quickselect with branch-free three-way partitions:
+// each pass writes the elements above the pivot to the front of the other buffer and those below
+// to its back, so random data costs no branch mispredictions (std::nth_element's main cost here).
+double kth_largest(const double* values, int64_t n, int64_t k, double* buffer_a, double* buffer_b) {
+  const double* src = values;
+  double* const buffers[2] = {buffer_a, buffer_b};
+  int next = 0;  // partitions alternate between the buffers: src always lives in the other one
+  while (n > 16) {
+    double* dst = buffers[next];
+    next ^= 1;
+    const double x = src[0], y = src[n / 2], z = src[n - 1];
+    const double pivot = std::max(std::min(x, y), std::min(std::max(x, y), z));  // median of three
+    int64_t above = 0, below = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const double v = src[i];
+      dst[above] = v;
+      dst[n - 1 - below] = v;
+      above += v > pivot;
+      below += v < pivot;
+    }
+    if (k <= above) {
+      src = dst;
+      n = above;
+    } else if (k <= n - below) {
+      return pivot;
+    } else {
+      k -= n - below;
+      src = dst + (n - below);
+      n = below;
+    }
+  }
+  double small[16];
+  std::copy(src, src + n, small);
+  std::nth_element(small, small + (k - 1), small + n, std::greater<double>());
+  return small[k - 1];
+}
 
 // Draws sample s of row b and fills scratch.selected with its top-k positions in input order.
 void select_sample(const double* scores, int64_t length, int64_t k, double sigma, philox::Key key, int64_t b,
                    int64_t s, SampleScratch& scratch) {
   double* z = scratch.noise.data();
   double* v = scratch.values.data();
-  philox::normal_row(z, scratch.words.data(), length, static_cast<uint32_t>(s), static_cast<uint32_t>(b),
+  philox::normal_row(z, scratch.rng, length, static_cast<uint32_t>(s), static_cast<uint32_t>(b),
                      philox::kStreamPerturbedTopk, key);
   for (int64_t l = 0; l < length; ++l) v[l] = scores[l] + sigma * z[l];
   // Threshold = k-th largest value; items above it are in, ties at it go to the lowest positions.
-  std::copy(v, v + length, scratch.pick.begin());
-  std::nth_element(scratch.pick.begin(), scratch.pick.begin() + (k - 1), scratch.pick.end(), std::greater<double>());
-  const double threshold = scratch.pick[k - 1];
+  const double threshold = kth_largest(v, length, k, scratch.buffer_a.data(), scratch.buffer_b.data());
   int64_t above = 0;
   for (int64_t l = 0; l < length; ++l) above += v[l] > threshold;
   int64_t ties_left = k - above, i = 0;
+  int64_t* selected = scratch.selected.data();
   for (int64_t l = 0; l < length; ++l) {
-    const bool tie_taken = v[l] == threshold && ties_left > 0;
+    const bool tie_taken = (v[l] == threshold) & (ties_left > 0);
     ties_left -= tie_taken;
-    if (v[l] > threshold || tie_taken) scratch.selected[i++] = l;
+    selected[i] = l;  // branch-free: committed only when taken
+    i += (v[l] > threshold) | tie_taken;
   }
 }
 
@@ -151,26 +188,26 @@ at::Tensor perturbed_topk_backward_cpu(const at::Tensor& grad_in, const at::Tens
 }
 
 // Test hook: the raw stream, so tests can compare it with vidsel/reference/philox.py.
-// kind 0 = uniform, 1 = normal, 2 = gumbel; returns (B, S, L) float64.
-at::Tensor philox_noise_cpu(int64_t seed, int64_t batch, int64_t samples, int64_t length, int64_t stream,
+// kind 0 = uniform, 1 = normal, 2 = gumbel; returns (B, S, L) float64 (`like` only picks the device).
+at::Tensor philox_noise_cpu(const at::Tensor& like, int64_t seed, int64_t batch, int64_t samples, int64_t length, int64_t stream,
                             int64_t kind) {
   TORCH_CHECK(seed >= 0 && batch >= 0 && samples >= 0 && length >= 0 && kind >= 0 && kind <= 2,
               "vidsel: philox_noise arguments out of range");
   at::Tensor out = new_output({batch, samples, length}, at::TensorOptions().dtype(at::kDouble));
   const philox::Key key = philox::key_from_seed(seed);
-  std::vector<uint32_t> words(4 * ((length + 3) / 4));
+  philox::RowScratch rng(length);
   double* ptr = out.data_ptr<double>();
   for (int64_t b = 0; b < batch; ++b) {
     for (int64_t s = 0; s < samples; ++s) {
       double* row = ptr + (b * samples + s) * length;
       const auto s32 = static_cast<uint32_t>(s), b32 = static_cast<uint32_t>(b), st = static_cast<uint32_t>(stream);
       if (kind == 1) {
-        philox::normal_row(row, words.data(), length, s32, b32, st, key);
+        philox::normal_row(row, rng, length, s32, b32, st, key);
       } else if (kind == 2) {
-        philox::gumbel_row(row, words.data(), length, s32, b32, st, key);
+        philox::gumbel_row(row, rng, length, s32, b32, st, key);
       } else {
-        philox::philox_row_words(words.data(), (length + 3) / 4, s32, b32, st, key);
-        for (int64_t l = 0; l < length; ++l) row[l] = philox::word_to_uniform(words[l]);
+        philox::philox_row_words(rng.words.data(), (length + 3) / 4, s32, b32, st, key);
+        for (int64_t l = 0; l < length; ++l) row[l] = philox::word_to_uniform(rng.words[l]);
       }
     }
   }
@@ -182,8 +219,7 @@ at::Tensor philox_noise_cpu(int64_t seed, int64_t batch, int64_t samples, int64_
 TORCH_LIBRARY_IMPL(vidsel_C, CPU, m) {
   m.impl("perturbed_topk", &perturbed_topk_cpu);
   m.impl("perturbed_topk_backward", &perturbed_topk_backward_cpu);
+  m.impl("philox_noise", &philox_noise_cpu);
 }
-
-TORCH_LIBRARY_IMPL(vidsel_C, CompositeExplicitAutograd, m) { m.impl("philox_noise", &philox_noise_cpu); }
 
 }  // namespace vidsel

@@ -42,7 +42,25 @@ TORCH_LIBRARY(vidsel_C, m) {
   m.def(
       "perturbed_topk_backward(Tensor grad, Tensor scores, int k, int num_samples, float sigma, int seed)"
       " -> Tensor");
+  // Y^T x for sparse indicators (STTS eq. 9); grad_indicators is restricted to the support of Y.
+  m.def("indicator_matmul(Tensor indicators, Tensor x) -> Tensor");
+  m.def(
+      "indicator_matmul_backward(Tensor grad, Tensor indicators, Tensor x, bool need_x, bool need_indicators)"
+      " -> (Tensor grad_x, Tensor grad_indicators)");
   m.def("gumbel_topk(Tensor logits, int k, float tau, bool hard, bool replacement, int seed) -> Tensor");
   m.def("gumbel_topk_backward(Tensor grad, Tensor logits, int k, float tau, bool replacement, int seed) -> Tensor");
-  m.def("philox_noise(int seed, int batch, int samples, int length, int stream, int kind) -> Tensor");
+  // Test hook: (B, S, L) float64 noise of the stream on like's device; kind 0 uniform, 1 normal, 2 gumbel.
+  m.def("philox_noise(Tensor like, int seed, int batch, int samples, int length, int stream, int kind) -> Tensor");
+
+  // Compressed-domain patch embedding (MM-ViT §3.2 eq. 1-4). visual_params: 9 tensors (weight, bias, pos)
+  // of iframe, motion, residual; audio_params: 3 (weight, bias, pos) with audio, else empty. Returns
+  // tokens (B, 3|4, T, N, D) and audio tokens (B, T, D) (empty without audio). The backward returns 16
+  // gradients (4 inputs, 12 params); empty ones for absent audio and inputs outside input_mask.
+  m.def(
+      "compressed_patch_embed(Tensor iframe, Tensor motion, Tensor residual, Tensor? audio_feat,"
+      " Tensor[] visual_params, Tensor[] audio_params, int patch, bool expand_audio) -> (Tensor, Tensor)");
+  m.def(
+      "compressed_patch_embed_backward(Tensor grad_tokens, Tensor grad_audio, Tensor iframe, Tensor motion,"
+      " Tensor residual, Tensor? audio_feat, Tensor[] visual_params, Tensor[] audio_params, int patch,"
+      " bool expand_audio, bool[4] input_mask) -> Tensor[]");
 }

@@ -8,6 +8,7 @@
 // One task per group selects with nth_element on an index array (O(N)) and copies whole rows with
 // memcpy; the backward writes every row of grad_x exactly once (copy or zero), no zero-fill pass.
 #include "cpu/common.h"
+#include "cpu/huge_page_output.h"
 
 #include <algorithm>
 #include <cstring>
@@ -54,7 +55,7 @@ std::tuple<at::Tensor, at::Tensor> topk_gather_cpu(const at::Tensor& x_in, const
   TORCH_CHECK(at::isFloatingType(scores_in.scalar_type()), "vidsel: scores must be floating point");
   TORCH_CHECK(k >= 1 && k <= n, "vidsel: k=", k, " must be in [1, N=", n, "]");
   const at::Tensor x = x_in.contiguous(), scores = scores_in.contiguous();
-  at::Tensor selected = new_output({groups, k, d}, x.options());
+  at::Tensor selected = huge_page_output({groups, k, d}, x.options());
   at::Tensor index = new_output({groups, k}, x.options().dtype(at::kLong));
   const int64_t row_bytes = d * static_cast<int64_t>(x.element_size());
   const char* x_ptr = static_cast<const char*>(x.data_ptr());
@@ -92,7 +93,7 @@ at::Tensor topk_gather_backward_cpu(const at::Tensor& grad_in, const at::Tensor&
   for (int64_t b = 0; b < groups; ++b) {
     for (int64_t j = 0; j < k; ++j) source[b * n + index_ptr[b * k + j]] = b * k + j;
   }
-  at::Tensor grad_x = new_output({groups, n, d}, grad.options());
+  at::Tensor grad_x = huge_page_output({groups, n, d}, grad.options());
   const int64_t row_bytes = d * static_cast<int64_t>(grad.element_size());
   const char* g_ptr = static_cast<const char*>(grad.data_ptr());
   char* out_ptr = static_cast<char*>(grad_x.data_ptr());

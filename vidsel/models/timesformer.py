@@ -40,9 +40,9 @@ class PatchEmbed(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention returning, besides its output, TESTA's merging inputs.
 
-    forward(x (B', N, D), size (B', N) or None, need_importance) returns
+    forward(x (B', N, D), size (B', N) or None, need_importance, need_keys) returns
         out (B', N, D),
-        keys (B', N, C): attention keys averaged over heads — the similarity metric (§3.2.2),
+        keys (B', N, C) or None: attention keys averaged over heads — the similarity metric (§3.2.2),
         importance (B', N) or None: S_i = sum_{j != i} A_ji averaged over heads (eq. 1).
     With `size`, proportional attention adds log(size_j) to every logit of key j (ToMe), so a
     token standing for s merged tokens gets the attention those s tokens would get.
@@ -58,11 +58,11 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(
-        self, x: Tensor, size: Tensor | None = None, need_importance: bool = False
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        self, x: Tensor, size: Tensor | None = None, need_importance: bool = False, need_keys: bool = True
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         batch, n, dim = x.shape
-        qkv = self.qkv(x).reshape(batch, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # (B', H, N, C) each
+        qkv_by_token = self.qkv(x).reshape(batch, n, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv_by_token.permute(2, 0, 3, 1, 4).unbind(0)  # (B', H, N, C) each
         bias = None if size is None else size.log().to(q.dtype)[:, None, None, :]
         importance = None
         if need_importance:
@@ -76,7 +76,9 @@ class Attention(nn.Module):
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         out = self.proj(out.transpose(1, 2).reshape(batch, n, dim))
-        return out, k.mean(dim=1), importance
+        # Mean over heads read in (B', N, H, C) order: each token's keys are one contiguous row.
+        keys = qkv_by_token[:, :, 1].mean(dim=2) if need_keys else None
+        return out, keys, importance
 
 
 class Mlp(nn.Sequential):
@@ -93,9 +95,10 @@ def layer_norm(dim: int) -> nn.LayerNorm:
 class DividedSpaceTimeBlock(nn.Module):
     """One TimeSformer block, split into its three stages so TESTA can merge between them.
 
-    temporal(x, frame_size, patch_size) -> x, frame keys, frame importance
-    spatial(cls, x, patch_size)         -> cls, x, patch keys, patch importance
-    mlp_stage(cls, x)                   -> cls, x
+    temporal(x, size, need_importance, need_keys)      -> x, frame keys, frame importance
+    spatial(cls, x, size, need_importance, need_keys)  -> cls, x, patch keys, patch importance
+    mlp_stage(cls, x)                                  -> cls, x
+    (keys are only computed when needed: the metric of a merge that happens.)
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True):
@@ -109,32 +112,34 @@ class DividedSpaceTimeBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def temporal(
-        self, x: Tensor, size: Tensor | None, need_importance: bool
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        self, x: Tensor, size: Tensor | None, need_importance: bool = False, need_keys: bool = True
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """Attention across frames at every patch position.
 
         x (B, T, L, D); size (B, T, L) tokens each stands for, or None (no proportional attention).
         Returns x (B, T, L, D), frame metric (B, T, C) = keys averaged over patches (§3.2.1: a frame
-        token is the mean of its patch tokens), frame importance (B, T) or None.
+        token is the mean of its patch tokens) or None, frame importance (B, T) or None.
         """
         batch, frames, patches, dim = x.shape
         per_position = x.transpose(1, 2).reshape(batch * patches, frames, dim)
         position_size = None if size is None else size.transpose(1, 2).reshape(batch * patches, frames)
-        out, keys, importance = self.temporal_attn(self.temporal_norm1(per_position), position_size, need_importance)
+        out, keys, importance = self.temporal_attn(
+            self.temporal_norm1(per_position), position_size, need_importance, need_keys
+        )
         out = self.temporal_fc(out).reshape(batch, patches, frames, dim).transpose(1, 2)
-        frame_keys = keys.reshape(batch, patches, frames, -1).mean(dim=1)
+        frame_keys = None if keys is None else keys.reshape(batch, patches, frames, -1).mean(dim=1)
         if importance is not None:
             importance = importance.reshape(batch, patches, frames).mean(dim=1)
         return x + out, frame_keys, importance
 
     def spatial(
-        self, cls: Tensor, x: Tensor, size: Tensor | None, need_importance: bool
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        self, cls: Tensor, x: Tensor, size: Tensor | None, need_importance: bool = False, need_keys: bool = True
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
         """Attention within every frame, a copy of CLS prepended to each.
 
         cls (B, 1, D), x (B, T, L, D), size (B, T, L) or None.
         Returns cls (B, 1, D) (+ mean over frames of the copies' outputs), x (B, T, L, D),
-        patch keys (B*T, L, C), patch importance (B*T, L) or None.
+        patch keys (B*T, L, C) or None, patch importance (B*T, L) or None.
         """
         batch, frames, patches, dim = x.shape
         per_frame = torch.cat([cls.expand(batch, frames, dim).reshape(batch * frames, 1, dim),
@@ -143,12 +148,12 @@ class DividedSpaceTimeBlock(nn.Module):
         if size is not None:
             cls_size = torch.ones(batch * frames, 1, dtype=size.dtype, device=size.device)
             token_size = torch.cat([cls_size, size.reshape(batch * frames, patches)], dim=1)
-        out, keys, importance = self.attn(self.norm1(per_frame), token_size, need_importance)
+        out, keys, importance = self.attn(self.norm1(per_frame), token_size, need_importance, need_keys)
         cls = cls + out[:, 0].reshape(batch, frames, dim).mean(dim=1, keepdim=True)
         x = x + out[:, 1:].reshape(batch, frames, patches, dim)
         if importance is not None:
             importance = importance[:, 1:]
-        return cls, x, keys[:, 1:], importance
+        return cls, x, (None if keys is None else keys[:, 1:]), importance
 
     def mlp_stage(self, cls: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         """MLP over CLS + all T*L patch tokens: cls (B, 1, D), x (B, T, L, D) -> same shapes."""
@@ -172,8 +177,8 @@ class JointSpaceTimeBlock(nn.Module):
         self.norm2 = layer_norm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def attention(self, x: Tensor, size: Tensor | None) -> tuple[Tensor, Tensor]:
-        out, keys, _ = self.attn(self.norm1(x), size)
+    def attention(self, x: Tensor, size: Tensor | None, need_keys: bool = True) -> tuple[Tensor, Tensor | None]:
+        out, keys, _ = self.attn(self.norm1(x), size, need_keys=need_keys)
         return x + out, keys
 
     def mlp_stage(self, x: Tensor) -> Tensor:

@@ -142,22 +142,10 @@ def _embed_backward(
 
 
 def _reference_backward(grad_tokens, grad_audio, inputs, visual, audio, patch, expand_audio, input_mask):
-    """Vector-Jacobian product of the reference forward (recomputed), by PyTorch autograd."""
-    has_audio = inputs[3] is not None
-    leaves = [t.detach().requires_grad_(need) if t is not None else None for t, need in zip(inputs, input_mask)]
-    weights = [t.detach().requires_grad_(True) for t in visual + audio]
-    with torch.enable_grad():
-        params = CompressedEmbedParams(*weights, *([None] * 3 if not has_audio else []))
-        tokens, audio_tokens = reference.compressed_patch_embed(*leaves, params, patch, expand_audio)
-        outputs, grads = [tokens], [grad_tokens]
-        if has_audio:
-            outputs.append(audio_tokens)
-            grads.append(grad_audio)
-        wanted = [t for t in leaves if t is not None and t.requires_grad] + weights
-        found = iter(torch.autograd.grad(outputs, wanted, grads, allow_unused=True))
-    result = [next(found) if t is not None and t.requires_grad else None for t in leaves]
-    result += list(found) + [None] * (3 - len(audio))
-    return [_empty(grad_tokens) if g is None else g for g in result]
+    params = CompressedEmbedParams(*visual, *(audio or [None] * 3))
+    grads = reference.compressed_patch_embed_backward(grad_tokens, grad_audio, inputs, params, patch, expand_audio,
+                                                      input_mask)
+    return [_empty(grad_tokens) if g is None else g for g in grads]
 
 
 @_embed_backward.register_fake

@@ -96,6 +96,67 @@ def _perturbed_topk_backward_flops(grad_shape, scores_shape, k, num_samples, sig
     return 2 * batch * num_samples * (2 * length + k)
 
 
+@torch.library.custom_op("vidsel::indicator_matmul", mutates_args=())
+def _indicator_matmul(indicators: Tensor, x: Tensor, impl: str) -> Tensor:
+    """Y^T x (eq. 9). The C++ kernel skips the zero indicators (~94% of them in STTS's setting);
+    Triton uses the dense batched GEMM (cuBLAS), like the reference."""
+    if impl in ("reference", "triton"):
+        return reference.indicator_matmul(indicators, x)
+    if impl in ("cpu", "cuda"):
+        return torch.ops.vidsel_C.indicator_matmul(indicators, x)
+    raise ValueError(f"indicator_matmul: unknown impl {impl!r}")
+
+
+@torch.library.custom_op("vidsel::indicator_matmul_backward", mutates_args=())
+def _indicator_matmul_backward(
+    grad: Tensor, indicators: Tensor, x: Tensor, need_x: bool, need_indicators: bool, impl: str
+) -> tuple[Tensor, Tensor]:
+    if impl in ("reference", "triton"):
+        grad_x, grad_indicators = reference.indicator_matmul_backward(grad, indicators, x)
+        empty = x.new_empty(0)
+        return (grad_x if need_x else empty), (grad_indicators if need_indicators else empty)
+    if impl in ("cpu", "cuda"):
+        return tuple(torch.ops.vidsel_C.indicator_matmul_backward(grad, indicators, x, need_x, need_indicators))
+    raise ValueError(f"indicator_matmul_backward: unknown impl {impl!r}")
+
+
+@_indicator_matmul.register_fake
+def _(indicators, x, impl):
+    return x.new_empty(x.shape[0], indicators.shape[1], x.shape[2])
+
+
+@_indicator_matmul_backward.register_fake
+def _(grad, indicators, x, need_x, need_indicators, impl):
+    grad_x = torch.empty_like(x) if need_x else x.new_empty(0)
+    return grad_x, (torch.empty_like(indicators) if need_indicators else x.new_empty(0))
+
+
+def _matmul_setup(ctx, inputs, output):
+    indicators, x, impl = inputs
+    ctx.save_for_backward(indicators, x)
+    ctx.impl = impl
+
+
+def _matmul_backward(ctx, grad):
+    """grad_indicators is restricted to the indicators' support: exact for the perturbed backward."""
+    indicators, x = ctx.saved_tensors
+    need_indicators, need_x = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    grad_x, grad_indicators = _indicator_matmul_backward(
+        grad.contiguous(), indicators, x, need_x, need_indicators, ctx.impl
+    )
+    return (grad_indicators if need_indicators else None), (grad_x if need_x else None), None
+
+
+_indicator_matmul.register_autograd(_matmul_backward, setup_context=_matmul_setup)
+
+
+@register_flop_formula(torch.ops.vidsel.indicator_matmul)
+def _indicator_matmul_flops(indicators_shape, x_shape, impl, *args, **kwargs) -> int:
+    """Counted as the dense product (the non-zero count is data-dependent)."""
+    batch, k, length = indicators_shape
+    return 2 * batch * k * length * x_shape[2]
+
+
 def _check_common(scores: Tensor, k, num_samples, sigma, seed, name: str = "scores") -> tuple[int, float, int]:
     check_tensor(name, scores, floating=True)
     if scores.dim() < 2:
@@ -163,12 +224,15 @@ def perturbed_topk_select(
 
     Returns:
         (B, k, D): row i is the indicator-weighted average of x for the i-th selected slot.
-        Gradients flow to x (indicators^T grad) and to scores (eq. 8 applied to grad x^T).
-        Only the (B, k, L) indicator matrix is materialised, never per-sample noise or one-hots.
+        Gradients flow to x (indicators^T grad) and to scores (eq. 8 applied to grad x^T, which
+        is only evaluated on the indicators' support). Only the (B, k, L) indicator matrix is
+        materialised, never per-sample noise or one-hots; the CPU products skip its zeros.
     """
     check_tensor("x", x, ndim=3, floating=True)
     check_tensor("scores", scores, ndim=2, floating=True, like=x, shape=(x.shape[0], x.shape[1]))
     if scores.dtype != x.dtype:
         raise TypeError(f"scores must have the dtype of x ({x.dtype}), got {scores.dtype}")
-    indicators = perturbed_topk(scores, k, num_samples=num_samples, sigma=sigma, seed=seed, impl=impl)
-    return torch.bmm(indicators, x)
+    length, sigma, seed = _check_common(scores, k, num_samples, sigma, seed)
+    impl = _backends.resolve_impl("perturbed_topk_select", impl, x.device, SUPPORTED_IMPLS)
+    indicators = _perturbed_topk(scores, k, num_samples, sigma, seed, impl)
+    return _indicator_matmul(indicators, x, impl)

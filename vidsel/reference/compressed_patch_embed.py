@@ -59,3 +59,41 @@ def compressed_patch_embed(iframe, motion, residual, audio_feat, params, patch: 
     num_patches = visual[0].shape[2]
     replicated = audio.unsqueeze(2).repeat(1, 1, num_patches, 1)  # (B, T, N, D), N copies
     return torch.stack(visual + [replicated], dim=1), audio
+
+
+def patch_embed_backward(x: Tensor, weight: Tensor, grad: Tensor, patch: int, need_input: bool):
+    """Adjoint of patch_embed: grad (B, T, N, D) -> (grad_x or None, grad_weight, grad_bias, grad_pos)."""
+    batch, frames, channels, height, width = x.shape
+    grad_maps = grad.flatten(0, 1).transpose(1, 2).reshape(batch * frames, -1, height // patch, width // patch)
+    grad_weight = torch.nn.grad.conv2d_weight(x.flatten(0, 1), weight.shape, grad_maps, stride=patch)
+    grad_x = None
+    if need_input:
+        grad_x = torch.nn.grad.conv2d_input(x.flatten(0, 1).shape, weight, grad_maps, stride=patch).view(x.shape)
+    return grad_x, grad_weight, grad.sum((0, 1, 2)), grad.sum(0)
+
+
+def compressed_patch_embed_backward(grad_tokens, grad_audio, inputs, params, patch, expand_audio, input_mask):
+    """Gradients of all inputs and params of compressed_patch_embed (None where absent or not wanted).
+
+    grad_tokens (B, 3|4, T, N, D); grad_audio (B, T, D) gradient of the separate audio output (or None).
+    Motion's gradient is the dense one summed over every g×g block (adjoint of upsample_motion).
+    Returns [iframe, motion, residual, audio_feat] grads + the 12 params' grads in CompressedEmbedParams order.
+    """
+    iframe, motion, residual, audio_feat = inputs
+    height, width = iframe.shape[-2:]
+    dense = [iframe, upsample_motion(motion, height, width), residual]
+    input_grads, param_grads = [None] * 4, []
+    for m, x in enumerate(dense):
+        grad_x, *grads = patch_embed_backward(x, params[3 * m], grad_tokens[:, m], patch, input_mask[m])
+        input_grads[m], param_grads = grad_x, param_grads + grads
+    if input_grads[1] is not None:
+        batch, frames, _, mh, mw = motion.shape
+        block = height // mh
+        input_grads[1] = input_grads[1].view(batch, frames, 2, mh, block, mw, block).sum((4, 6))
+    if audio_feat is None:
+        return input_grads + param_grads + [None] * 3
+    grad_a = grad_audio + grad_tokens[:, 3].sum(2) if expand_audio else grad_audio
+    if input_mask[3]:
+        input_grads[3] = grad_a @ params.audio_weight
+    grad_weight = grad_a.flatten(0, 1).t() @ audio_feat.flatten(0, 1)
+    return input_grads + param_grads + [grad_weight, grad_a.sum((0, 1)), grad_a.sum(0)]

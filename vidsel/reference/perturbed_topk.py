@@ -56,3 +56,19 @@ def perturbed_topk_backward(
     per_sample = picked.gather(3, index.unsqueeze(-1)).squeeze(-1).sum(-1)  # g_s: (B, n)
     grad_scores = torch.einsum("bn,bnl->bl", per_sample, noise) / (num_samples * sigma)
     return grad_scores.to(scores.dtype)
+
+
+def indicator_matmul(indicators: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Eq. 9: (B, k, L) indicators, (B, L, D) x -> Y^T x of shape (B, k, D), in x's dtype."""
+    return torch.bmm(indicators.to(x.dtype), x)
+
+
+def indicator_matmul_backward(
+    grad: torch.Tensor, indicators: torch.Tensor, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad_x (B, L, D), grad_indicators (B, k, L)); the latter restricted to the support of the
+    indicators (zero where they are zero) — all the perturbed backward (eq. 8) ever reads."""
+    weights = indicators.to(x.dtype)
+    grad_x = torch.bmm(weights.transpose(1, 2), grad)
+    grad_indicators = torch.bmm(grad, x.transpose(1, 2)) * (indicators != 0)
+    return grad_x, grad_indicators.to(indicators.dtype)

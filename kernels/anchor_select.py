@@ -1,0 +1,219 @@
+"""Anchor-based spatial selection (STTS §3.3) in Triton.
+
+  anchor scores      summed-area table of each frame (two cumsums in float64), 4 reads per anchor
+  scores backward    every score gathers grad / (h w) of the <= ceil(h/sh) * ceil(w/sw) anchors covering it
+  anchor gather      out[f, i, j] = sum_g w[f, g] x[f, top_g + i, left_g + j] (zero weights skipped)
+  gather backward    grad_x by the same covering-anchor gather; grad_w[f, g] = <grad[f], x[f, window g]>
+
+No (F, G, h, w, D) tensor is formed. The score map of a frame must fit one tile (H, W <= 128).
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK_G, BLOCK_P, BLOCK_D, BLOCK_DOT = 32, 16, 64, 256
+MAX_MAP_SIDE = 128
+
+
+@triton.jit
+def _summed_area_kernel(s_ptr, sat_ptr, H, W, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    frame = tl.program_id(0)
+    p = tl.arange(0, BLOCK_H)
+    q = tl.arange(0, BLOCK_W)
+    mask = (p < H)[:, None] & (q < W)[None, :]
+    s = tl.load(s_ptr + frame * H * W + p[:, None] * W + q[None, :], mask=mask, other=0.0).to(tl.float64)
+    sat = tl.cumsum(tl.cumsum(s, axis=1), axis=0)
+    # sat buffer is (H + 1, W + 1) with a zero first row and column: sat[p + 1, q + 1] = sum s[:p+1, :q+1]
+    tl.store(sat_ptr + frame * (H + 1) * (W + 1) + (p[:, None] + 1) * (W + 1) + q[None, :] + 1, sat, mask=mask)
+
+
+@triton.jit
+def _anchor_mean_kernel(sat_ptr, out_ptr, H, W, AH, AW, SH, SW, COLS, G, BLOCK_G: tl.constexpr):
+    frame = tl.program_id(0)
+    g = tl.program_id(1) * BLOCK_G + tl.arange(0, BLOCK_G)
+    mask = g < G
+    top, left = (g // COLS) * SH, (g % COLS) * SW
+    base = sat_ptr + frame * (H + 1) * (W + 1)
+    bottom, right = top + AH, left + AW
+    total = (
+        tl.load(base + bottom * (W + 1) + right, mask=mask, other=0.0)
+        - tl.load(base + top * (W + 1) + right, mask=mask, other=0.0)
+        - tl.load(base + bottom * (W + 1) + left, mask=mask, other=0.0)
+        + tl.load(base + top * (W + 1) + left, mask=mask, other=0.0)
+    )
+    mean = total / (AH * AW)
+    tl.store(out_ptr + frame * G + g, mean.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _covering_anchor(p, q, dy, dx, AH, AW, SH, SW, ROWS, COLS):
+    """The (dy, dx)-th candidate anchor covering pixel (p, q): its index, top, left and validity."""
+    gy = p // SH - dy
+    gx = q // SW - dx
+    valid = (gy >= 0) & (gy < ROWS) & (gy * SH + AH > p) & (gx >= 0) & (gx < COLS) & (gx * SW + AW > q)
+    return gy * COLS + gx, gy * SH, gx * SW, valid
+
+
+@triton.jit
+def _anchor_scores_backward_kernel(
+    grad_ptr, out_ptr, H, W, AH, AW, SH, SW, ROWS, COLS, COVER_H, COVER_W, BLOCK_P: tl.constexpr
+):
+    frame = tl.program_id(0)
+    pixel = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    mask = pixel < H * W
+    p, q = pixel // W, pixel % W
+    acc = tl.zeros([BLOCK_P], dtype=tl.float64)
+    for dy in range(0, COVER_H):
+        for dx in range(0, COVER_W):
+            g, _, _, valid = _covering_anchor(p, q, dy, dx, AH, AW, SH, SW, ROWS, COLS)
+            acc += tl.load(grad_ptr + frame * ROWS * COLS + g, mask=mask & valid, other=0.0).to(tl.float64)
+    out = acc / (AH * AW)
+    tl.store(out_ptr + frame * H * W + pixel, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _anchor_gather_kernel(
+    x_ptr, w_ptr, out_ptr, H, W, D, AH, AW, SH, SW, COLS, G,
+    ACC_DTYPE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    blocks = tl.cdiv(AH * AW, BLOCK_P)
+    frame = tl.program_id(0) // blocks
+    pos = (tl.program_id(0) % blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
+    feats = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask = (pos < AH * AW)[:, None] & (feats < D)[None, :]
+    i, j = pos // AW, pos % AW
+    acc = tl.zeros([BLOCK_P, BLOCK_D], dtype=ACC_DTYPE)
+    for g in range(0, G):
+        weight = tl.load(w_ptr + frame * G + g)
+        if weight != 0.0:
+            rows = (frame * H + (g // COLS) * SH + i) * W + (g % COLS) * SW + j
+            x = tl.load(x_ptr + rows[:, None] * D + feats[None, :], mask=mask, other=0.0).to(ACC_DTYPE)
+            acc += weight * x
+    out_rows = frame * AH * AW + pos
+    tl.store(out_ptr + out_rows[:, None] * D + feats[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _anchor_grad_x_kernel(
+    grad_ptr, w_ptr, out_ptr, H, W, D, AH, AW, SH, SW, ROWS, COLS, COVER_H, COVER_W,
+    ACC_DTYPE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    blocks = tl.cdiv(H * W, BLOCK_P)
+    frame = tl.program_id(0) // blocks
+    pixel = (tl.program_id(0) % blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
+    feats = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    pixel_mask = pixel < H * W
+    feat_mask = feats < D
+    p, q = pixel // W, pixel % W
+    acc = tl.zeros([BLOCK_P, BLOCK_D], dtype=ACC_DTYPE)
+    for dy in range(0, COVER_H):
+        for dx in range(0, COVER_W):
+            g, top, left, valid = _covering_anchor(p, q, dy, dx, AH, AW, SH, SW, ROWS, COLS)
+            valid = valid & pixel_mask
+            weight = tl.load(w_ptr + frame * ROWS * COLS + g, mask=valid, other=0.0)
+            rows = frame * AH * AW + (p - top) * AW + (q - left)
+            mask = valid[:, None] & feat_mask[None, :]
+            grad = tl.load(grad_ptr + rows[:, None] * D + feats[None, :], mask=mask, other=0.0).to(ACC_DTYPE)
+            acc += weight[:, None] * grad
+    out_rows = frame * H * W + pixel
+    tl.store(out_ptr + out_rows[:, None] * D + feats[None, :], acc.to(out_ptr.dtype.element_ty),
+             mask=pixel_mask[:, None] & feat_mask[None, :])
+
+
+@triton.jit
+def _anchor_grad_w_kernel(
+    grad_ptr, x_ptr, out_ptr, H, W, D, AH, AW, SH, SW, COLS,
+    ACC_DTYPE: tl.constexpr, BLOCK: tl.constexpr,
+):
+    frame = tl.program_id(0)
+    g = tl.program_id(1)
+    G = tl.num_programs(1)
+    top, left = (g // COLS) * SH, (g % COLS) * SW
+    span = AW * D  # one window row is contiguous in both x and grad
+    acc = tl.zeros([BLOCK], dtype=ACC_DTYPE)
+    for i in range(0, AH):
+        x_row = x_ptr + ((frame * H + top + i) * W + left) * D
+        g_row = grad_ptr + (frame * AH + i) * span
+        for c0 in range(0, span, BLOCK):
+            c = c0 + tl.arange(0, BLOCK)
+            mask = c < span
+            acc += tl.load(g_row + c, mask=mask, other=0.0).to(ACC_DTYPE) * tl.load(
+                x_row + c, mask=mask, other=0.0).to(ACC_DTYPE)
+    tl.store(out_ptr + frame * G + g, tl.sum(acc, axis=0))
+
+
+def _acc_dtype(dtype):
+    return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
+
+
+def _grid_shape(height, width, ah, aw, sh, sw):
+    return (height - ah) // sh + 1, (width - aw) // sw + 1
+
+
+def anchor_scores(scores, ah: int, aw: int, sh: int, sw: int):
+    """scores (F, H, W) -> (F, G) anchor means, summed-area table in float64."""
+    frames, height, width = scores.shape
+    if height > MAX_MAP_SIDE or width > MAX_MAP_SIDE:
+        raise ValueError(f"triton anchor_scores handles maps up to {MAX_MAP_SIDE}x{MAX_MAP_SIDE}, got {height}x{width}")
+    scores = scores.contiguous()
+    rows, cols = _grid_shape(height, width, ah, aw, sh, sw)
+    sat = torch.zeros(frames, height + 1, width + 1, dtype=torch.float64, device=scores.device)
+    out = torch.empty(frames, rows * cols, dtype=scores.dtype, device=scores.device)
+    if frames:
+        _summed_area_kernel[(frames,)](scores, sat, height, width, BLOCK_H=triton.next_power_of_2(height),
+                                       BLOCK_W=triton.next_power_of_2(width))
+        _anchor_mean_kernel[(frames, triton.cdiv(rows * cols, BLOCK_G))](
+            sat, out, height, width, ah, aw, sh, sw, cols, rows * cols, BLOCK_G=BLOCK_G)
+    return out
+
+
+def anchor_scores_backward(grad, height: int, width: int, ah: int, aw: int, sh: int, sw: int):
+    """grad (F, G) -> (F, H, W)."""
+    grad = grad.contiguous()
+    rows, cols = _grid_shape(height, width, ah, aw, sh, sw)
+    out = torch.empty(grad.shape[0], height, width, dtype=grad.dtype, device=grad.device)
+    if grad.shape[0]:
+        grid = (grad.shape[0], triton.cdiv(height * width, BLOCK_P))
+        _anchor_scores_backward_kernel[grid](grad, out, height, width, ah, aw, sh, sw, rows, cols,
+                                             triton.cdiv(ah, sh), triton.cdiv(aw, sw), BLOCK_P=BLOCK_P)
+    return out
+
+
+def anchor_gather(x, weights, ah: int, aw: int, sh: int, sw: int):
+    """x (F, H, W, D), weights (F, G) -> (F, h, w, D)."""
+    x = x.contiguous()
+    frames, height, width, dim = x.shape
+    rows, cols = _grid_shape(height, width, ah, aw, sh, sw)
+    acc_torch, acc_tl = _acc_dtype(x.dtype)
+    weights = weights.to(acc_torch).contiguous()
+    out = torch.empty(frames, ah, aw, dim, dtype=x.dtype, device=x.device)
+    if out.numel():
+        grid = (frames * triton.cdiv(ah * aw, BLOCK_P), triton.cdiv(dim, BLOCK_D))
+        _anchor_gather_kernel[grid](x, weights, out, height, width, dim, ah, aw, sh, sw, cols, rows * cols,
+                                    ACC_DTYPE=acc_tl, BLOCK_P=BLOCK_P, BLOCK_D=BLOCK_D)
+    return out
+
+
+def anchor_gather_backward(grad, x, weights, sh: int, sw: int, need_grad_x: bool, need_grad_weights: bool):
+    """grad (F, h, w, D) -> grad_x (F, H, W, D) or (0,), grad_weights (F, G) or (0,)."""
+    grad, x = grad.contiguous(), x.contiguous()
+    frames, height, width, dim = x.shape
+    ah, aw = grad.shape[1:3]
+    rows, cols = _grid_shape(height, width, ah, aw, sh, sw)
+    acc_torch, acc_tl = _acc_dtype(x.dtype)
+    grad_x, grad_w = x.new_empty(0), weights.new_empty(0)
+    if need_grad_x:
+        grad_x = torch.empty_like(x)
+        if grad_x.numel():
+            grid = (frames * triton.cdiv(height * width, BLOCK_P), triton.cdiv(dim, BLOCK_D))
+            _anchor_grad_x_kernel[grid](grad, weights.to(acc_torch).contiguous(), grad_x, height, width, dim, ah, aw,
+                                        sh, sw, rows, cols, triton.cdiv(ah, sh), triton.cdiv(aw, sw),
+                                        ACC_DTYPE=acc_tl, BLOCK_P=BLOCK_P, BLOCK_D=BLOCK_D)
+    if need_grad_weights:
+        grad_w = torch.empty(frames, rows * cols, dtype=acc_torch, device=x.device)
+        if frames:
+            _anchor_grad_w_kernel[(frames, rows * cols)](grad, x, grad_w, height, width, dim, ah, aw, sh, sw, cols,
+                                                         ACC_DTYPE=acc_tl, BLOCK=BLOCK_DOT)
+        grad_w = grad_w.to(weights.dtype)
+    return grad_x, grad_w

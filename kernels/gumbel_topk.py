@@ -1,0 +1,88 @@
+"""Gumbel-softmax top-k (MIST §3.2, Appendix A) in Triton: one program per row walks its k draws.
+
+Draw t perturbs the logits with g_t (kernels/philox.py, counter (l div 4, t, row, stream 2)); the
+hard pick is the first maximum among the allowed items, the soft row the softmax / tau over them.
+Without replacement the picks of earlier draws stay masked in a register vector. Backward
+regenerates the soft rows and applies the softmax Jacobian (straight-through for hard=True).
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from vidsel.kernels import philox
+
+STREAM = 2  # vidsel.reference.philox.STREAM_GUMBEL_TOPK
+
+
+@triton.jit
+def _draw(logits, allowed, seed, row, draw, items, inv_tau):
+    """(soft row, hard pick) of one draw given the row's float64 logits and allowed mask."""
+    perturbed = logits + philox.gumbel(seed, items, draw, row, STREAM)
+    perturbed = tl.where(allowed, perturbed, float("-inf"))
+    pick = tl.argmax(perturbed, axis=0, tie_break_left=True)
+    top = tl.max(perturbed, axis=0)
+    weight = tl.where(allowed, tl.exp((perturbed - top) * inv_tau), 0.0)
+    return weight / tl.sum(weight, axis=0), pick
+
+
+@triton.jit
+def _forward_kernel(logits_ptr, out_ptr, seed, inv_tau, L, K, HARD: tl.constexpr, REPLACEMENT: tl.constexpr,
+                    BLOCK_L: tl.constexpr):
+    row = tl.program_id(0)
+    items = tl.arange(0, BLOCK_L)
+    mask = items < L
+    logits = tl.load(logits_ptr + row * L + items, mask=mask, other=0.0).to(tl.float64)
+    allowed = mask
+    for draw in range(0, K):
+        soft, pick = _draw(logits, allowed, seed, row, draw, items, inv_tau)
+        if HARD:
+            value = (items == pick).to(tl.float64)
+        else:
+            value = soft
+        tl.store(out_ptr + (row * K + draw) * L + items, value, mask=mask)
+        if not REPLACEMENT:
+            allowed = allowed & (items != pick)
+
+
+@triton.jit
+def _backward_kernel(logits_ptr, grad_ptr, out_ptr, seed, inv_tau, L, K, REPLACEMENT: tl.constexpr,
+                     BLOCK_L: tl.constexpr):
+    row = tl.program_id(0)
+    items = tl.arange(0, BLOCK_L)
+    mask = items < L
+    logits = tl.load(logits_ptr + row * L + items, mask=mask, other=0.0).to(tl.float64)
+    allowed = mask
+    acc = tl.zeros((BLOCK_L,), tl.float64)
+    for draw in range(0, K):
+        soft, pick = _draw(logits, allowed, seed, row, draw, items, inv_tau)
+        g = tl.load(grad_ptr + (row * K + draw) * L + items, mask=mask, other=0.0).to(tl.float64)
+        acc += soft * (g - tl.sum(g * soft, axis=0)) * inv_tau
+        if not REPLACEMENT:
+            allowed = allowed & (items != pick)
+    tl.store(out_ptr + row * L + items, acc, mask=mask)
+
+
+def _block(length: int) -> int:
+    return max(16, triton.next_power_of_2(length))
+
+
+def gumbel_topk(logits: torch.Tensor, k: int, tau: float, hard: bool, replacement: bool, seed: int) -> torch.Tensor:
+    """(B, L) -> (B, k, L) one-hot or soft draws in logits' dtype."""
+    logits = logits.contiguous()
+    batch, length = logits.shape
+    out = torch.empty(batch, k, length, dtype=torch.float64, device=logits.device)
+    _forward_kernel[(batch,)](logits, out, seed, 1.0 / tau, length, k, HARD=hard, REPLACEMENT=replacement,
+                              BLOCK_L=_block(length))
+    return out.to(logits.dtype)
+
+
+def gumbel_topk_backward(grad: torch.Tensor, logits: torch.Tensor, k: int, tau: float, replacement: bool,
+                         seed: int) -> torch.Tensor:
+    """(B, k, L) grad -> (B, L): gradient of the soft draws."""
+    logits, grad = logits.contiguous(), grad.contiguous()
+    batch, length = logits.shape
+    out = torch.empty(batch, length, dtype=torch.float64, device=logits.device)
+    _backward_kernel[(batch,)](logits, grad, out, seed, 1.0 / tau, length, k, REPLACEMENT=replacement,
+                               BLOCK_L=_block(length))
+    return out.to(logits.dtype)

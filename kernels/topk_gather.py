@@ -1,0 +1,115 @@
+"""Hard top-k + row gather (STTS eq. 4 at inference; MIST eq. 5 Top_j) and its backward scatter.
+
+Selection without sorting: the rank of score i in its group is the number of scores that beat it
+(higher, or equal at a lower position: ties to the lower index), counted tile by tile; rank < k
+means selected. A second pass places the selected positions — in input order by a running prefix
+count, or at slot = rank for score order. The gather and the backward scatter copy whole rows.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK_I, BLOCK_J = 32, 64
+BLOCK_PLACE = 128
+BLOCK_ROWS, BLOCK_D = 16, 64
+
+
+@triton.jit
+def _topk_rank_kernel(s_ptr, rank_ptr, N, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
+    group = tl.program_id(0)
+    i = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
+    mask_i = i < N
+    s_i = tl.load(s_ptr + group * N + i, mask=mask_i, other=0.0)
+    rank = tl.zeros([BLOCK_I], dtype=tl.int32)
+    for j0 in range(0, N, BLOCK_J):
+        j = j0 + tl.arange(0, BLOCK_J)
+        mask_j = j < N
+        s_j = tl.load(s_ptr + group * N + j, mask=mask_j, other=0.0)
+        higher = s_j[None, :] > s_i[:, None]
+        tie_before = (s_j[None, :] == s_i[:, None]) & (j[None, :] < i[:, None])
+        beats = (higher | tie_before) & mask_j[None, :]
+        rank += tl.sum(beats.to(tl.int32), axis=1)
+    tl.store(rank_ptr + group * N + i, rank, mask=mask_i)
+
+
+@triton.jit
+def _topk_place_kernel(rank_ptr, index_ptr, N, K, SORTED_BY_INDEX: tl.constexpr, BLOCK: tl.constexpr):
+    group = tl.program_id(0)
+    placed = tl.sum(tl.zeros([BLOCK], dtype=tl.int32), axis=0)  # running count of selected positions
+    for i0 in range(0, N, BLOCK):
+        i = i0 + tl.arange(0, BLOCK)
+        mask = i < N
+        rank = tl.load(rank_ptr + group * N + i, mask=mask, other=K)
+        chosen = (rank < K) & mask
+        flag = chosen.to(tl.int32)
+        if SORTED_BY_INDEX:
+            slot = placed + tl.cumsum(flag, axis=0) - flag
+        else:
+            slot = rank
+        tl.store(index_ptr + group * K + slot, i.to(tl.int64), mask=chosen)
+        placed += tl.sum(flag, axis=0)
+
+
+@triton.jit
+def _copy_rows_kernel(
+    src_ptr, index_ptr, dst_ptr, K, N, D, GATHER: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_D: tl.constexpr
+):
+    """GATHER: dst[g, j] = src[g, index[g, j]]; else (scatter) dst[g, index[g, j]] = src[g, j]."""
+    blocks_per_group = tl.cdiv(K, BLOCK_ROWS)
+    group = tl.program_id(0) // blocks_per_group
+    j = (tl.program_id(0) % blocks_per_group) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    feats = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_j = j < K
+    mask = mask_j[:, None] & (feats < D)[None, :]
+    position = tl.load(index_ptr + group * K + j, mask=mask_j, other=0)
+    if GATHER:
+        src_rows, dst_rows = group * N + position, group * K + j
+    else:
+        src_rows, dst_rows = group * K + j, group * N + position
+    values = tl.load(src_ptr + src_rows[:, None] * D + feats[None, :], mask=mask, other=0.0)
+    tl.store(dst_ptr + dst_rows[:, None] * D + feats[None, :], values, mask=mask)
+
+
+def _compare_dtype(scores: torch.Tensor) -> torch.Tensor:
+    # float16/bfloat16 -> float32 is exact, so the order (and every tie) is preserved.
+    return scores if scores.dtype in (torch.float32, torch.float64) else scores.float()
+
+
+def topk_indices(scores: torch.Tensor, k: int, sorted_by_index: bool) -> torch.Tensor:
+    """scores (B, N) -> (B, k) int64 positions of the k largest, ties to the lower position."""
+    scores = _compare_dtype(scores).contiguous()
+    groups, n = scores.shape
+    rank = torch.empty(groups, n, dtype=torch.int32, device=scores.device)
+    index = torch.empty(groups, k, dtype=torch.int64, device=scores.device)
+    if groups:
+        _topk_rank_kernel[(groups, triton.cdiv(n, BLOCK_I))](scores, rank, n, BLOCK_I=BLOCK_I, BLOCK_J=BLOCK_J)
+        _topk_place_kernel[(groups,)](rank, index, n, k, SORTED_BY_INDEX=sorted_by_index, BLOCK=BLOCK_PLACE)
+    return index
+
+
+def _copy_rows(src, index, dst, n: int, gather: bool):
+    groups, k = index.shape
+    d = dst.shape[2]
+    if groups and k and d:
+        grid = (groups * triton.cdiv(k, BLOCK_ROWS), triton.cdiv(d, BLOCK_D))
+        _copy_rows_kernel[grid](src, index, dst, k, n, d, GATHER=gather, BLOCK_ROWS=BLOCK_ROWS, BLOCK_D=BLOCK_D)
+    return dst
+
+
+def topk_gather(x, scores, k: int, sorted_by_index: bool):
+    """x (B, N, D), scores (B, N) -> selected (B, k, D), index (B, k)."""
+    x = x.contiguous()
+    groups, n, d = x.shape
+    index = topk_indices(scores, k, sorted_by_index)
+    selected = torch.empty(groups, k, d, dtype=x.dtype, device=x.device)
+    return _copy_rows(x, index, selected, n, gather=True), index
+
+
+def scatter_selected_rows(grad, index, n: int):
+    """grad (B, k, D) to the distinct rows index (B, k) of a zero (B, n, D)."""
+    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
+        raise ValueError(f"index values must lie in [0, {n})")
+    grad, index = grad.contiguous(), index.contiguous()
+    out = torch.zeros(grad.shape[0], n, grad.shape[2], dtype=grad.dtype, device=grad.device)
+    return _copy_rows(grad, index, out, n, gather=False)

@@ -1,0 +1,77 @@
+"""Block-causal chunk attention, pure PyTorch (Mirasol3B §3.3.1, eq. 8). The ground truth.
+
+The sequence of N features is cut into T time chunks. Eq. 8 masks feature j for feature i (in chunk t)
+unless j lies in a chunk <= t: attention is full inside a chunk and causal across chunks, which keeps
+the Combiner (eq. 2, x_t = Combiner(u_1..u_t)) and the latent autoregressive model causal in time.
+This reference builds the dense (Lq, Lk) mask and evaluates softmax(q k^T * scale + bias) v directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+def key_chunk_ends(chunk_lens: Sequence[int], device=None) -> Tensor:
+    """(Lk,) int64: for every key position, the end (exclusive) of the chunk that holds it."""
+    lens = torch.as_tensor(list(chunk_lens), dtype=torch.int64, device=device)
+    return torch.repeat_interleave(torch.cumsum(lens, 0), lens)
+
+
+def block_causal_mask(chunk_lens: Sequence[int], lq: int, device=None) -> Tensor:
+    """(Lq, Lk) bool, True where query i may attend to key j (eq. 8).
+
+    Queries are the last Lq of the Lk positions (a streaming prefill when Lq < Lk). Query i at
+    position p = Lk - Lq + i sees key j iff j < end of p's chunk, i.e. chunk(j) <= chunk(p).
+    """
+    ends = key_chunk_ends(chunk_lens, device)
+    lk = ends.numel()
+    query_ends = ends[lk - lq:]
+    return torch.arange(lk, device=device)[None, :] < query_ends[:, None]
+
+
+def chunk_causal_attention(
+    q: Tensor, k: Tensor, v: Tensor, chunk_lens: Sequence[int], key_bias: Tensor | None, scale: float
+) -> tuple[Tensor, Tensor]:
+    """q (B, H, Lq, Dh), k, v (B, H, Lk, Dh), key_bias (B, Lk) or None.
+
+    Returns out (B, H, Lq, Dh) and the logsumexp of each query's masked scores (B, H, Lq), both
+    computed in float32 (float64 for float64 inputs); out is cast back to q's dtype.
+    """
+    compute = torch.float64 if q.dtype == torch.float64 else torch.float32
+    scores = torch.einsum("bhid,bhjd->bhij", q.to(compute), k.to(compute)) * scale
+    if key_bias is not None:
+        scores = scores + key_bias.to(compute)[:, None, None, :]
+    mask = block_causal_mask(chunk_lens, q.shape[2], q.device)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)
+    probs = torch.exp(scores - lse[..., None])
+    out = torch.einsum("bhij,bhjd->bhid", probs, v.to(compute))
+    return out.to(q.dtype), lse
+
+
+def chunk_causal_attention_backward(
+    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, chunk_lens: Sequence[int], key_bias: Tensor | None, scale: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Gradients of chunk_causal_attention w.r.t. q, k, v and key_bias (None without a bias).
+
+    With P = softmax(S), S = q k^T * scale + bias: dV = P^T dO, dP = dO v^T,
+    dS = P * (dP - rowsum(P * dP)), dq = dS k * scale, dk = dS^T q * scale, dbias_j = sum_{h,i} dS_ij.
+    """
+    compute = torch.float64 if q.dtype == torch.float64 else torch.float32
+    q32, k32, v32, go = (t.to(compute) for t in (q, k, v, grad_out))
+    _, lse = chunk_causal_attention(q, k, v, chunk_lens, key_bias, scale)
+    scores = torch.einsum("bhid,bhjd->bhij", q32, k32) * scale
+    if key_bias is not None:
+        scores = scores + key_bias.to(compute)[:, None, None, :]
+    mask = block_causal_mask(chunk_lens, q.shape[2], q.device)
+    probs = torch.exp(scores.masked_fill(~mask, float("-inf")) - lse[..., None])
+    grad_v = torch.einsum("bhij,bhid->bhjd", probs, go)
+    grad_probs = torch.einsum("bhid,bhjd->bhij", go, v32)
+    grad_scores = probs * (grad_probs - (probs * grad_probs).sum(-1, keepdim=True))
+    grad_q = torch.einsum("bhij,bhjd->bhid", grad_scores, k32) * scale
+    grad_k = torch.einsum("bhij,bhid->bhjd", grad_scores, q32) * scale
+    grad_bias = grad_scores.sum((1, 2)).to(key_bias.dtype) if key_bias is not None else None
+    return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype), grad_bias
