@@ -11,7 +11,6 @@
 #include "cpu/common.h"
 
 #include <algorithm>
-#include <cstdlib>
 #include <bit>
 #include <cmath>
 #include <cstdint>
@@ -34,9 +33,8 @@ namespace {
 constexpr int64_t kQueryTile = 256;     // rows of a query tile (cut early at chunk boundaries)
 constexpr int64_t kMinTileRows = 32;    // tiny chunks are packed into one tile, masked per row
 constexpr int64_t kKeyBlock = 512;      // keys per score block in the forward
-static int64_t env_int(const char* name, int64_t fallback) { const char* v = std::getenv(name); return v ? std::atoll(v) : fallback; }
-static const int64_t kBwdQueryTile = env_int("CA_BQ", 128);
-static const int64_t kBwdKeyBlock = env_int("CA_BK", 256);
+constexpr int64_t kBwdQueryTile = 128;  // the backward keeps 2 score-sized buffers per block
+constexpr int64_t kBwdKeyBlock = 256;
 
 // Row-major C (m x n) = alpha * op(A) op(B) + beta * C, where op(A) is m x k and op(B) is k x n.
 // trans_a: A is stored k x m; trans_b: B is stored n x k. Column-major BLAS sees C^T = op(B)^T op(A)^T.

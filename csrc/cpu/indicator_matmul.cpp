@@ -15,6 +15,22 @@
 namespace vidsel {
 namespace {
 
+// <a, b> with kLanes independent partial sums: a single running sum is a dependency chain the
+// compiler may not reorder (no -ffast-math), the lanes vectorise.
+template <typename acc_t>
+acc_t dot(const acc_t* a, const acc_t* b, int64_t n) {
+  constexpr int64_t kLanes = 16;
+  acc_t lanes[kLanes] = {};
+  int64_t d = 0;
+  for (; d + kLanes <= n; d += kLanes) {
+    for (int64_t j = 0; j < kLanes; ++j) lanes[j] += a[d + j] * b[d + j];
+  }
+  acc_t total = 0;
+  for (; d < n; ++d) total += a[d] * b[d];
+  for (int64_t j = 0; j < kLanes; ++j) total += lanes[j];
+  return total;
+}
+
 template <typename acc_t>
 void select_rows(const acc_t* p, const acc_t* x, acc_t* out, int64_t batch, int64_t k, int64_t length, int64_t dim) {
   at::parallel_for(0, batch * k, 1, [&](int64_t begin, int64_t end) {
@@ -59,12 +75,7 @@ void support_dots(const acc_t* p, const acc_t* grad, const acc_t* x, acc_t* grad
       const int64_t b = row / k;
       const acc_t* g_row = grad + row * dim;
       for (int64_t l = 0; l < length; ++l) {
-        acc_t dot = 0;
-        if (p[row * length + l] != 0) {
-          const acc_t* x_row = x + (b * length + l) * dim;
-          for (int64_t d = 0; d < dim; ++d) dot += g_row[d] * x_row[d];
-        }
-        grad_p[row * length + l] = dot;
+        grad_p[row * length + l] = p[row * length + l] != 0 ? dot(g_row, x + (b * length + l) * dim, dim) : acc_t(0);
       }
     }
   });

@@ -129,18 +129,21 @@ at::Tensor perturbed_topk_cpu(const at::Tensor& scores_in, int64_t k, int64_t nu
       }
     }
   });
-  at::Tensor out = new_output({batch, k, length}, scores.options());
-  double* out_ptr = out.data_ptr<double>();
-  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      for (int64_t e = 0; e < k * length; ++e) {
-        int64_t total = 0;
-        for (int64_t c = 0; c < grid.chunks; ++c) total += counts[((b * grid.chunks + c) * k * length) + e];
-        out_ptr[b * k * length + e] = static_cast<double>(total) / static_cast<double>(num_samples);
+  // Written straight in the output dtype (count / n rounded once from float64, as the reference does).
+  at::Tensor out = new_output({batch, k, length}, scores_in.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "perturbed_topk", [&] {
+    scalar_t* out_ptr = out.data_ptr<scalar_t>();
+    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        for (int64_t e = 0; e < k * length; ++e) {
+          int64_t total = 0;
+          for (int64_t c = 0; c < grid.chunks; ++c) total += counts[((b * grid.chunks + c) * k * length) + e];
+          out_ptr[b * k * length + e] = static_cast<scalar_t>(static_cast<double>(total) / num_samples);
+        }
       }
-    }
+    });
   });
-  return out.to(scores_in.scalar_type());
+  return out;
 }
 
 at::Tensor perturbed_topk_backward_cpu(const at::Tensor& grad_in, const at::Tensor& scores_in, int64_t k,
@@ -152,27 +155,29 @@ at::Tensor perturbed_topk_backward_cpu(const at::Tensor& grad_in, const at::Tens
               batch, ", ", k, ", ", length, "), got ", grad_in.sizes());
   if (sigma == 0) return at::zeros_like(scores_in);
   const at::Tensor scores = scores_in.to(at::kDouble).contiguous();
-  const at::Tensor grad = grad_in.to(at::kDouble).contiguous();
+  const at::Tensor grad = grad_in.contiguous();  // read in its own dtype: no float64 copy
   const TaskGrid grid = task_grid(batch, num_samples);
   const philox::Key key = philox::key_from_seed(seed);
   std::vector<double> partial(batch * grid.chunks * length, 0.0);
   const double* scores_ptr = scores.data_ptr<double>();
-  const double* grad_ptr = grad.data_ptr<double>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "perturbed_topk_backward", [&] {
+  const scalar_t* grad_ptr = grad.data_ptr<scalar_t>();
   at::parallel_for(0, batch * grid.chunks, 1, [&](int64_t begin, int64_t end) {
     SampleScratch scratch(length, k);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / grid.chunks, s0 = (task % grid.chunks) * grid.per_chunk;
       const int64_t s1 = std::min(num_samples, s0 + grid.per_chunk);
-      const double* g_row = grad_ptr + b * k * length;
+      const scalar_t* g_row = grad_ptr + b * k * length;
       double* acc = partial.data() + task * length;
       for (int64_t s = s0; s < s1; ++s) {
         select_sample(scores_ptr + b * length, length, k, sigma, key, b, s, scratch);
         double g_s = 0;  // <G, Y_s>
-        for (int64_t i = 0; i < k; ++i) g_s += g_row[i * length + scratch.selected[i]];
+        for (int64_t i = 0; i < k; ++i) g_s += static_cast<double>(g_row[i * length + scratch.selected[i]]);
         const double* z = scratch.noise.data();
         for (int64_t l = 0; l < length; ++l) acc[l] += g_s * z[l];
       }
     }
+  });
   });
   at::Tensor out = new_output({batch, length}, scores.options());
   double* out_ptr = out.data_ptr<double>();

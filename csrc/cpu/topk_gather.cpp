@@ -10,13 +10,48 @@
 #include "cpu/common.h"
 #include "cpu/huge_page_output.h"
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <numeric>
 #include <vector>
 
 namespace vidsel {
 namespace {
+
+// Outputs larger than the caches are written with non-temporal (streaming) stores: they skip the
+// read-for-ownership of every destination line, a third of the memory traffic of a row copy.
+constexpr int64_t kStreamingBytes = int64_t{4} << 20;
+
+// Copies `bytes` from src to dst (src == nullptr: writes zeros), streaming the 32-byte-aligned body.
+void write_row(char* dst, const char* src, int64_t bytes, bool streaming) {
+#if defined(__AVX2__)
+  if (streaming) {
+    const int64_t misalign = static_cast<int64_t>(reinterpret_cast<uintptr_t>(dst) & 31);
+    const int64_t head = std::min<int64_t>(bytes, (32 - misalign) & 31);
+    int64_t c = 0;
+    if (src) std::memcpy(dst, src, head); else std::memset(dst, 0, head);
+    for (c = head; c + 32 <= bytes; c += 32) {
+      const __m256i v = src ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + c)) : _mm256_setzero_si256();
+      _mm256_stream_si256(reinterpret_cast<__m256i*>(dst + c), v);
+    }
+    if (src) std::memcpy(dst + c, src + c, bytes - c); else std::memset(dst + c, 0, bytes - c);
+    return;
+  }
+#endif
+  if (src) std::memcpy(dst, src, bytes); else std::memset(dst, 0, bytes);
+}
+
+// Orders the streaming stores of this thread before the op returns.
+void finish_streaming(bool streaming) {
+#if defined(__AVX2__)
+  if (streaming) _mm_sfence();
+#endif
+}
 
 // Orders positions by descending score, then ascending position: a strict total order.
 template <typename scalar_t>
@@ -61,6 +96,7 @@ std::tuple<at::Tensor, at::Tensor> topk_gather_cpu(const at::Tensor& x_in, const
   const char* x_ptr = static_cast<const char*>(x.data_ptr());
   char* out_ptr = static_cast<char*>(selected.data_ptr());
   int64_t* index_ptr = index.data_ptr<int64_t>();
+  const bool streaming = selected.nbytes() >= kStreamingBytes;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, scores.scalar_type(), "vidsel_topk_gather", [&] {
     const scalar_t* s_ptr = scores.data_ptr<scalar_t>();
     at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
@@ -69,9 +105,10 @@ std::tuple<at::Tensor, at::Tensor> topk_gather_cpu(const at::Tensor& x_in, const
         int64_t* idx = index_ptr + b * k;
         select_topk(s_ptr + b * n, n, k, sorted_by_index, order, idx);
         for (int64_t j = 0; j < k; ++j) {
-          std::memcpy(out_ptr + (b * k + j) * row_bytes, x_ptr + (b * n + idx[j]) * row_bytes, row_bytes);
+          write_row(out_ptr + (b * k + j) * row_bytes, x_ptr + (b * n + idx[j]) * row_bytes, row_bytes, streaming);
         }
       }
+      finish_streaming(streaming);
     });
   });
   return {selected, index};
@@ -97,14 +134,14 @@ at::Tensor topk_gather_backward_cpu(const at::Tensor& grad_in, const at::Tensor&
   const int64_t row_bytes = d * static_cast<int64_t>(grad.element_size());
   const char* g_ptr = static_cast<const char*>(grad.data_ptr());
   char* out_ptr = static_cast<char*>(grad_x.data_ptr());
+  const bool streaming = grad_x.nbytes() >= kStreamingBytes;
   at::parallel_for(0, groups * n, 64, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
-      if (source[row] >= 0) {
-        std::memcpy(out_ptr + row * row_bytes, g_ptr + source[row] * row_bytes, row_bytes);
-      } else {
-        std::memset(out_ptr + row * row_bytes, 0, row_bytes);  // all-zero bits are 0.0 in every float type
-      }
+      // zero rows: all-zero bits are 0.0 in every float type
+      const char* src = source[row] >= 0 ? g_ptr + source[row] * row_bytes : nullptr;
+      write_row(out_ptr + row * row_bytes, src, row_bytes, streaming);
     }
+    finish_streaming(streaming);
   });
   return grad_x;
 }
