@@ -213,8 +213,7 @@ def embed_backward(grad_tokens, grad_audio, iframe, motion, residual, audio_feat
     batch, modalities, frames, tokens, dim = grad_tokens.shape
     height, width = iframe.shape[-2:]
     grad_tokens = grad_tokens.contiguous()
-    empty = iframe.new_empty(0)
-    input_grads, param_grads = [empty] * 4, []
+    input_grads, param_grads = [iframe.new_empty(0) for _ in range(4)], []  # distinct: outputs may not alias
     slot = frames * tokens  # token rows per (batch, modality)
     for m, x in enumerate((iframe, motion, residual)):
         geometry = _Geometry(x, height, width, patch)
@@ -225,7 +224,7 @@ def embed_backward(grad_tokens, grad_audio, iframe, motion, residual, audio_feat
         grad_m = grad_tokens[:, m]
         param_grads += [expand_weight_grad(grad_w, geometry), grad_m.sum((0, 1, 2)), grad_m.sum(0)]
     if audio_feat is None:
-        return input_grads + param_grads + [empty] * 3
+        return input_grads + param_grads + [iframe.new_empty(0) for _ in range(3)]
     grad_a = grad_audio.to(_acc(iframe.dtype)[0])
     if expand_audio:
         grad_a = grad_a + grad_tokens[:, 3].to(grad_a.dtype).sum(2)

@@ -88,10 +88,11 @@ def test_degenerate_chunkings(impl):
     assert_close(causal, F.scaled_dot_product_attention(q, k, v, is_causal=True))
 
 
+# The second case (one head, chunks longer than a tile row group) splits the CPU backward over query tiles.
 @pytest.mark.parametrize("impl", BACKENDS)
-def test_gradients_match_dense_sdpa(impl):
-    q, k, v, key_bias = _inputs(2, 2, 17, 29, 40)
-    lens = [7, 1, 12, 9]
+@pytest.mark.parametrize("shape, lens", [((2, 2, 17, 29, 40), [7, 1, 12, 9]), ((1, 1, 100, 100, 16), [40, 1, 59])])
+def test_gradients_match_dense_sdpa(impl, shape, lens):
+    q, k, v, key_bias = _inputs(*shape)
     leaves = [t.clone().requires_grad_() for t in (q, k, v, key_bias)]
     out = ops.chunk_causal_attention(*leaves[:3], chunk_lens=lens, key_bias=leaves[3], impl=impl)
     grad_out = torch.randn_like(out)

@@ -246,76 +246,134 @@ struct Grads {
   T *grad_q, *grad_k, *grad_v, *grad_bias_heads;  // grad_bias_heads: (B, H, Lk) or nullptr
 };
 
-// One (batch, head): the task owns its rows of grad_k / grad_v / grad_bias_heads, so no atomics.
+// Per-thread scratch of the backward: two score-sized blocks, the dQ tile and delta.
 template <typename T>
-void backward_head(const Problem<T>& p, const Grads<T>& g, int64_t bh, std::vector<T>& probs,
-                   std::vector<T>& dprobs, std::vector<T>& dq_acc, std::vector<T>& delta) {
+struct BackwardScratch {
+  std::vector<T> probs, dprobs, dq_acc, delta;
+  BackwardScratch(int64_t max_rows, int64_t dim)
+      : probs(max_rows * kBwdKeyBlock), dprobs(max_rows * kBwdKeyBlock), dq_acc(max_rows * dim), delta(max_rows) {}
+};
+
+// Where one (batch, head)'s key-side gradients accumulate: grad_k, grad_v (Lk, Dh), grad_bias (Lk) or null.
+template <typename T>
+struct KeyGrads {
+  T *k, *v, *bias;
+};
+
+// One query tile of one (batch, head): writes its dQ rows, adds its share of dK, dV and dbias.
+template <typename T>
+void backward_tile(const Problem<T>& p, const Grads<T>& g, int64_t bh, const Tile& tile, KeyGrads<T> out,
+                   BackwardScratch<T>& scratch) {
   const int64_t b = bh / p.heads, d = p.dim;
-  T* grad_k = g.grad_k + bh * p.lk * d;
-  T* grad_v = g.grad_v + bh * p.lk * d;
-  std::fill(grad_k, grad_k + p.lk * d, T(0));
-  std::fill(grad_v, grad_v + p.lk * d, T(0));
-  T* grad_bias = g.grad_bias_heads ? g.grad_bias_heads + bh * p.lk : nullptr;
-  if (grad_bias) std::fill(grad_bias, grad_bias + p.lk, T(0));
+  const int64_t rows = tile.end - tile.begin, key_stop = p.key_end[tile.end - 1];
   const T neg_inf = -std::numeric_limits<T>::infinity();
-  for (const Tile& tile : p.tiles) {
-    const int64_t rows = tile.end - tile.begin, key_stop = p.key_end[tile.end - 1];
-    const T* q_tile = p.q_rows(bh, tile.begin);
-    const T* do_tile = g.grad_out + (bh * p.lq + tile.begin) * d;
-    const T* o_tile = g.out + (bh * p.lq + tile.begin) * d;
-    const T* lse = g.lse + bh * p.lq + tile.begin;
-    for (int64_t r = 0; r < rows; ++r) {  // delta_i = <dO_i, O_i> = sum_j P_ij dP_ij
-      T dot = 0;
+  const T* q_tile = p.q_rows(bh, tile.begin);
+  const T* do_tile = g.grad_out + (bh * p.lq + tile.begin) * d;
+  const T* o_tile = g.out + (bh * p.lq + tile.begin) * d;
+  const T* lse = g.lse + bh * p.lq + tile.begin;
+  T* delta = scratch.delta.data();
+  T* dq_acc = scratch.dq_acc.data();
+  for (int64_t r = 0; r < rows; ++r) {  // delta_i = <dO_i, O_i> = sum_j P_ij dP_ij
+    T dot = 0;
 #pragma omp simd reduction(+ : dot)
-      for (int64_t c = 0; c < d; ++c) dot += do_tile[r * d + c] * o_tile[r * d + c];
-      delta[r] = dot;
-    }
-    std::fill(dq_acc.begin(), dq_acc.begin() + rows * d, T(0));
-    for (int64_t j0 = 0; j0 < key_stop; j0 += kBwdKeyBlock) {
-      const int64_t cols = std::min(kBwdKeyBlock, key_stop - j0);
-      T* pr = probs.data();
-      T* dp = dprobs.data();
-      gemm(false, true, rows, cols, d, p.scale, q_tile, p.q_stride[2], p.k_rows(bh, j0), p.k_stride[2], T(0), pr,
-           cols);
-      bias_and_mask(p, b, tile, j0, cols, pr, cols);
-      gemm(false, true, rows, cols, d, T(1), do_tile, d, p.v_rows(bh, j0), p.v_stride[2], T(0), dp, cols);
-      for (int64_t r = 0; r < rows; ++r) {
-        T* s = pr + r * cols;
-        T* ds = dp + r * cols;
-        const T shift = lse[r], dr = delta[r];
-#pragma omp simd
-        for (int64_t c = 0; c < cols; ++c) {
-          const T prob = s[c] == neg_inf ? T(0) : exp_nonpositive(s[c] - shift);
-          s[c] = prob;
-          ds[c] = prob * (ds[c] - dr);  // dS = P * (dP - delta)
-        }
-      }
-      gemm(true, false, cols, d, rows, T(1), pr, cols, do_tile, d, T(1), grad_v + j0 * d, d);   // dV += P^T dO
-      gemm(false, false, rows, d, cols, p.scale, dp, cols, p.k_rows(bh, j0), p.k_stride[2], T(1), dq_acc.data(),
-           d);  // dQ += dS K
-      gemm(true, false, cols, d, rows, p.scale, dp, cols, q_tile, p.q_stride[2], T(1), grad_k + j0 * d,
-           d);  // dK += dS^T Q
-      if (grad_bias) {
-        for (int64_t r = 0; r < rows; ++r) {
-          const T* ds = dp + r * cols;
-#pragma omp simd
-          for (int64_t c = 0; c < cols; ++c) grad_bias[j0 + c] += ds[c];
-        }
-      }
-    }
-    std::copy(dq_acc.begin(), dq_acc.begin() + rows * d, g.grad_q + (bh * p.lq + tile.begin) * d);
+    for (int64_t c = 0; c < d; ++c) dot += do_tile[r * d + c] * o_tile[r * d + c];
+    delta[r] = dot;
   }
+  std::fill(dq_acc, dq_acc + rows * d, T(0));
+  for (int64_t j0 = 0; j0 < key_stop; j0 += kBwdKeyBlock) {
+    const int64_t cols = std::min(kBwdKeyBlock, key_stop - j0);
+    T* pr = scratch.probs.data();
+    T* dp = scratch.dprobs.data();
+    gemm(false, true, rows, cols, d, p.scale, q_tile, p.q_stride[2], p.k_rows(bh, j0), p.k_stride[2], T(0), pr,
+         cols);
+    bias_and_mask(p, b, tile, j0, cols, pr, cols);
+    gemm(false, true, rows, cols, d, T(1), do_tile, d, p.v_rows(bh, j0), p.v_stride[2], T(0), dp, cols);
+    for (int64_t r = 0; r < rows; ++r) {
+      T* s = pr + r * cols;
+      T* ds = dp + r * cols;
+      const T shift = lse[r], dr = delta[r];
+#pragma omp simd
+      for (int64_t c = 0; c < cols; ++c) {
+        const T prob = s[c] == neg_inf ? T(0) : exp_nonpositive(s[c] - shift);
+        s[c] = prob;
+        ds[c] = prob * (ds[c] - dr);  // dS = P * (dP - delta)
+      }
+    }
+    gemm(true, false, cols, d, rows, T(1), pr, cols, do_tile, d, T(1), out.v + j0 * d, d);  // dV += P^T dO
+    gemm(false, false, rows, d, cols, p.scale, dp, cols, p.k_rows(bh, j0), p.k_stride[2], T(1), dq_acc,
+         d);  // dQ += dS K
+    gemm(true, false, cols, d, rows, p.scale, dp, cols, q_tile, p.q_stride[2], T(1), out.k + j0 * d,
+         d);  // dK += dS^T Q
+    if (out.bias) {
+      for (int64_t r = 0; r < rows; ++r) {
+        const T* ds = dp + r * cols;
+#pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) out.bias[j0 + c] += ds[c];
+      }
+    }
+  }
+  std::copy(dq_acc, dq_acc + rows * d, g.grad_q + (bh * p.lq + tile.begin) * d);
+}
+
+// Enough (batch, head) pairs for every thread: each task owns one head's dK / dV / dbias, no atomics.
+template <typename T>
+void backward_by_head(const Problem<T>& p, const Grads<T>& g, int64_t max_rows) {
+  const int64_t d = p.dim;
+  at::parallel_for(0, p.batch * p.heads, 1, [&](int64_t begin, int64_t end) {
+    BackwardScratch<T> scratch(max_rows, d);
+    for (int64_t bh = begin; bh < end; ++bh) {
+      KeyGrads<T> out{g.grad_k + bh * p.lk * d, g.grad_v + bh * p.lk * d,
+                      g.grad_bias_heads ? g.grad_bias_heads + bh * p.lk : nullptr};
+      std::fill(out.k, out.k + p.lk * d, T(0));
+      std::fill(out.v, out.v + p.lk * d, T(0));
+      if (out.bias) std::fill(out.bias, out.bias + p.lk, T(0));
+      for (const Tile& tile : p.tiles) backward_tile(p, g, bh, tile, out, scratch);
+    }
+  });
+}
+
+// Few (batch, head) pairs (streaming, B = H = 1): split the query tiles over threads; each thread
+// accumulates dK / dV / dbias in its own buffer (threads x B*H*Lk*(2 Dh + 1), still O(L)), summed after.
+template <typename T>
+void backward_by_tile(const Problem<T>& p, const Grads<T>& g, int64_t max_rows, int64_t threads) {
+  const int64_t d = p.dim, bh_count = p.batch * p.heads, n_tiles = int64_t(p.tiles.size());
+  const int64_t kv_size = bh_count * p.lk * d, per_thread = 2 * kv_size + bh_count * p.lk;
+  std::vector<T> partial(threads * per_thread, T(0));
+  at::parallel_for(0, bh_count * n_tiles, 1, [&](int64_t begin, int64_t end) {
+    BackwardScratch<T> scratch(max_rows, d);
+    T* mine = partial.data() + at::get_thread_num() * per_thread;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t bh = task / n_tiles, tile = folded(task % n_tiles, n_tiles);
+      KeyGrads<T> out{mine + bh * p.lk * d, mine + kv_size + bh * p.lk * d,
+                      g.grad_bias_heads ? mine + 2 * kv_size + bh * p.lk : nullptr};
+      backward_tile(p, g, bh, p.tiles[tile], out, scratch);
+    }
+  });
+  at::parallel_for(0, per_thread, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      T sum = 0;
+      for (int64_t t = 0; t < threads; ++t) sum += partial[t * per_thread + i];
+      if (i < kv_size) {
+        g.grad_k[i] = sum;
+      } else if (i < 2 * kv_size) {
+        g.grad_v[i - kv_size] = sum;
+      } else if (g.grad_bias_heads) {
+        g.grad_bias_heads[i - 2 * kv_size] = sum;
+      }
+    }
+  });
 }
 
 template <typename T>
 void backward_kernel(const Problem<T>& p, const Grads<T>& g) {
   int64_t max_rows = 0;
   for (const Tile& t : p.tiles) max_rows = std::max(max_rows, t.end - t.begin);
-  at::parallel_for(0, p.batch * p.heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> probs(max_rows * kBwdKeyBlock), dprobs(max_rows * kBwdKeyBlock), dq_acc(max_rows * p.dim),
-        delta(max_rows);
-    for (int64_t bh = begin; bh < end; ++bh) backward_head(p, g, bh, probs, dprobs, dq_acc, delta);
-  });
+  const int64_t threads = at::get_num_threads();
+  if (threads > 1 && p.batch * p.heads < 2 * threads && p.tiles.size() > 1) {
+    backward_by_tile(p, g, max_rows, threads);
+  } else {
+    backward_by_head(p, g, max_rows);
+  }
 }
 
 // ---------------------------------------------------------------- argument checks and entry points

@@ -205,9 +205,10 @@ std::vector<at::Tensor> embed_backward(const at::Tensor& grad_tokens_in, const a
   TORCH_CHECK(grad_tokens_in.scalar_type() == iframe.scalar_type() && grad_tokens_in.device() == iframe.device(),
               "vidsel: grad_tokens must match iframe's dtype and device");
   const at::Tensor grad_tokens = grad_tokens_in.contiguous();
-  const at::Tensor empty = iframe.new_empty({0});
+  // Placeholders must be distinct tensors: custom-op outputs may not alias each other.
+  const auto empty = [&] { return iframe.new_empty({0}); };
   const at::Tensor inputs[3] = {iframe.contiguous(), motion.contiguous(), residual.contiguous()};
-  std::vector<at::Tensor> input_grads(4, empty), param_grads;
+  std::vector<at::Tensor> input_grads = {empty(), empty(), empty(), empty()}, param_grads;
   for (int64_t m = 0; m < 3; ++m) {
     const PatchGeometry g = make_geometry(inputs[m], height, width, patch);
     auto grads = modality_backward<Ops>(inputs[m], g, visual[3 * m], grad_tokens, m, input_mask[m]);
@@ -215,7 +216,7 @@ std::vector<at::Tensor> embed_backward(const at::Tensor& grad_tokens_in, const a
     param_grads.insert(param_grads.end(), grads.begin() + 1, grads.end());
   }
   if (!audio_feat.has_value()) {
-    param_grads.insert(param_grads.end(), {empty, empty, empty});
+    param_grads.insert(param_grads.end(), {empty(), empty(), empty()});
   } else {
     TORCH_CHECK(grad_audio.sizes() == at::IntArrayRef({batch, frames, dim}), "vidsel: grad_audio must be (B, T, D)");
     at::Tensor grad_a = grad_audio.to(accumulate_type(iframe.scalar_type()));
