@@ -4,17 +4,20 @@ B=1, H=8, L=4096, Dh=64, 16 chunks of 256. Forward and forward+backward of the v
 (a) SDPA with the dense boolean eq. 8 mask (what peers write), (b) FlexAttention with a block mask,
 compiled (forward only: it has no CPU backward), (c) SDPA is_causal=True (the floor: same tile skipping,
 slightly smaller visible area), (d) unmasked SDPA, and a plain loop of unmasked SDPA calls, one per
-query chunk over its key prefix. Also: streaming step latency per chunk (one chunk of queries against
-the cached prefix) and the extra memory of the forward.
+query chunk over its key prefix. Contenders are timed round-robin (medians). Also: streaming step
+latency per chunk (one chunk of queries against the cached prefix) and the extra memory of the forward.
 """
 
 from __future__ import annotations
+
+import statistics
+import time
 
 import torch
 import torch.nn.functional as F
 
 import vidsel.ops as ops
-from benchmarks.harness import Table, median_ms, median_ms_repeats, peak_memory_mb, result_mb
+from benchmarks.harness import Table, median_ms, peak_memory_mb, result_mb
 from vidsel.reference.chunk_attention import block_causal_mask
 
 BATCH, HEADS, LENGTH, HEAD_DIM, CHUNK = 1, 8, 4096, 64, 256
@@ -48,6 +51,20 @@ def _flex_forward(q, k, v, chunk):
         print(f"bench_chunk_attention: FlexAttention unavailable: {error}")
         return None
     return lambda: compiled(q, k, v, block_mask=block_mask)
+
+
+def interleaved_median_ms(fns: dict, rounds: int) -> dict:
+    """Median ms of each contender, timed round-robin (one call each per round) so that the load of a
+    shared machine drifts over all contenders alike instead of favouring whoever ran in a quiet spell."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 
 def _forward_backward(attention, leaves, grad_out):
@@ -87,19 +104,15 @@ def run(profile: str) -> list[Table]:
         "(d) SDPA unmasked": lambda q, k, v: F.scaled_dot_product_attention(q, k, v),
         "per-chunk SDPA loop": lambda q, k, v: per_chunk_sdpa_loop(q, k, v, CHUNK),
     }
-    seconds = 2.0 if profile == "full" else 1.0
     forward = {name: (lambda a=a: a(q, k, v)) for name, a in attentions.items()}
     flex = _flex_forward(q, k, v, CHUNK)
     if flex is not None:
         forward["(b) FlexAttention block mask, compiled"] = flex
-    fwd_ms = {name: median_ms(fn, min_run_time=seconds) for name, fn in forward.items()}
-
+    rounds = 15 if profile == "full" else 7
+    fwd_ms = interleaved_median_ms(forward, rounds)
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-    repeats = 7 if profile == "full" else 3
-    fwd_bwd_ms = {
-        name: median_ms_repeats(_forward_backward(a, leaves, grad_out), repeats=repeats)
-        for name, a in attentions.items()
-    }
+    fwd_bwd = {name: _forward_backward(a, leaves, grad_out) for name, a in attentions.items()}
+    fwd_bwd_ms = interleaved_median_ms(fwd_bwd, rounds - 2)
     extra_mb = {}
     for name in ("vidsel cpu", "(a) SDPA, dense bool mask", "(c) SDPA is_causal (floor)"):
         extra_mb[name] = max(peak_memory_mb(forward[name]) - result_mb(forward[name]()), 0.0)

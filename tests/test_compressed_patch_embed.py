@@ -149,7 +149,7 @@ def test_compile_matches_eager(impl):
     def embed(iframe, motion, residual, audio_feat, *weights):
         visual, audio = compressed_patch_embed(iframe, motion, residual, audio_feat, CompressedEmbedParams(*weights),
                                                patch=8, expand_audio=False, impl=impl)
-        return visual.sum(2) + audio.unsqueeze(1).unsqueeze(3)
+        return visual.sum(3) + audio.unsqueeze(1)
 
     compiled = torch.compile(embed, fullgraph=True, backend="aot_eager")
     eager_out = embed(*inputs, *leaves)

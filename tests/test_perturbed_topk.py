@@ -73,7 +73,7 @@ def test_stream_is_identical_in_every_backend(kind):
 def test_normal_stream_has_standard_moments():
     z = philox.normal(5, 4, 500, 100, philox.STREAM_PERTURBED_TOPK)
     assert abs(z.mean().item()) < 0.01 and abs(z.std().item() - 1) < 0.01
-    assert abs(torch.corrcoef(z.reshape(-1, 100)[:, :2].T)[0, 1].item()) < 0.02  # cos/sin pair independent
+    assert abs(torch.corrcoef(z.reshape(-1, 2).T)[0, 1].item()) < 0.02  # the cos/sin halves of each pair: independent
 
 
 @pytest.mark.parametrize("impl", COMPILED)

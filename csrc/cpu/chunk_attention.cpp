@@ -8,6 +8,8 @@
 // sum), the logsumexp is saved for the backward, which recomputes the scores. No L x L tensor exists.
 // The two products of every block go to the BLAS sgemm/dgemm (MKL in PyTorch's x86 wheels, single
 // threaded inside our parallel region); the softmax loops are `omp simd` with a polynomial exp.
+// The backward runs one task per (batch, head), which owns that head's dK / dV / dbias; with fewer
+// heads than 2x threads it splits query tiles over threads with per-thread key-gradient buffers.
 #include "cpu/common.h"
 
 #include <algorithm>
@@ -476,7 +478,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_attention_bwd_c
   VIDSEL_CHECK_CPU(grad_out, "grad_out");
   VIDSEL_CHECK_CPU(out, "out");
   VIDSEL_CHECK_CPU(lse, "lse");
-  TORCH_CHECK(grad_out.sizes() == q.sizes() && out.sizes() == q.sizes(), "vidsel: grad_out and out must have q's shape");
+  TORCH_CHECK(grad_out.sizes() == q.sizes() && out.sizes() == q.sizes(),
+              "vidsel: grad_out and out must have q's shape");
   TORCH_CHECK(lse.dim() == 3 && lse.size(0) == q.size(0) && lse.size(1) == q.size(1) && lse.size(2) == q.size(2),
               "vidsel: lse must have shape (B, H, Lq)");
   TORCH_CHECK(!bias_grad || key_bias.has_value(), "vidsel: bias_grad needs key_bias");

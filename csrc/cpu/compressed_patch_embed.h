@@ -46,20 +46,28 @@ inline int64_t source_offset(const PatchGeometry& g, int64_t n, int64_t ch, int6
   return (ch * g.in_h + y) * g.in_w + x;
 }
 
-// E'_M: the motion weight (D, 2, P, P) summed over c×c cells -> (D, 2 (P/c)^2).
+// (P*P, cells*cells) 0/1 matrix: pixel (y, x) of a patch belongs to cell (y / c, x / c).
+inline at::Tensor cell_membership(const PatchGeometry& g, const at::TensorOptions& options) {
+  const at::Tensor cell_of = at::arange(g.patch, options.dtype(at::kLong)).div(g.cell, "floor");
+  const at::Tensor cell_index = (cell_of.unsqueeze(1) * g.cells + cell_of.unsqueeze(0)).reshape({-1});
+  return at::one_hot(cell_index, g.cells * g.cells).to(options.dtype());
+}
+
+// E'_M: the motion weight (D, 2, P, P) summed over c×c cells -> (D, 2 (P/c)^2), as one small GEMM
+// (a strided reduction over size-c axes is many times slower on CPU).
 inline at::Tensor presum_weight(const at::Tensor& weight, const PatchGeometry& g) {
   const int64_t dim = weight.size(0);
   if (g.cell == 1) return weight.reshape({dim, g.depth()});
-  return weight.reshape({dim, g.channels, g.cells, g.cell, g.cells, g.cell}).sum({3, 5}).reshape({dim, g.depth()});
+  const at::Tensor pixels = weight.reshape({dim * g.channels, g.patch * g.patch});
+  return at::mm(pixels, cell_membership(g, weight.options())).reshape({dim, g.depth()});
 }
 
 // Adjoint of presum_weight: every pixel of a cell receives the cell's gradient.
 inline at::Tensor expand_weight_grad(const at::Tensor& grad, const PatchGeometry& g) {
   const int64_t dim = grad.size(0);
   if (g.cell == 1) return grad.reshape({dim, g.channels, g.patch, g.patch});
-  return grad.reshape({dim, g.channels, g.cells, 1, g.cells, 1})
-      .expand({dim, g.channels, g.cells, g.cell, g.cells, g.cell})
-      .reshape({dim, g.channels, g.patch, g.patch});
+  const at::Tensor cells = grad.reshape({dim * g.channels, g.cells * g.cells});
+  return at::mm(cells, cell_membership(g, grad.options()).t()).reshape({dim, g.channels, g.patch, g.patch});
 }
 
 inline at::ScalarType accumulate_type(at::ScalarType t) {
@@ -71,25 +79,34 @@ inline int64_t frames_per_chunk(const PatchGeometry& g, int64_t frames) {
   return std::clamp<int64_t>(2048 / std::max<int64_t>(g.tokens, 1), 1, std::max<int64_t>(frames, 1));
 }
 
+// A contiguous (rows, depth) view of the workspace, growing it when too small.
+inline at::Tensor workspace_view(at::Tensor& workspace, int64_t rows, int64_t depth, const at::TensorOptions& options) {
+  if (!workspace.defined() || workspace.numel() < rows * depth) workspace = at::empty({rows * depth}, options);
+  return workspace.narrow(0, 0, rows * depth).view({rows, depth});
+}
+
 // Ops must provide:
 //   static void im2col(const at::Tensor& x, const PatchGeometry&, int64_t b, int64_t f0, int64_t count, at::Tensor& cols)
 //   static void col2im_add(const at::Tensor& cols, const PatchGeometry&, int64_t b, int64_t f0, int64_t count,
 //                          at::Tensor& grad)   // grad: (B, T, C, in_h, in_w) in accumulate_type, +=
 //   static at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions&)
+// workspace: im2col buffer reused across modalities (re-allocating MBs per call costs page faults).
 template <class Ops>
 void embed_modality(const at::Tensor& x, const PatchGeometry& g, const at::Tensor& weight2d, const at::Tensor& bias,
-                    const at::Tensor& pos, at::Tensor& out, int64_t modality) {
+                    const at::Tensor& pos, at::Tensor& out, int64_t modality, at::Tensor& workspace) {
   const int64_t batch = x.size(0), frames = x.size(1), dim = weight2d.size(0), n = g.tokens;
   const at::Tensor weight_t = weight2d.t();
-  const at::Tensor shift = pos.reshape({frames * n, dim}) + bias;  // PE + bias, the GEMM's additive term
+  const at::Tensor pos_rows = pos.reshape({frames * n, dim});
   const int64_t chunk = frames_per_chunk(g, frames);
-  at::Tensor cols = at::empty({chunk * n, g.depth()}, x.options());
+  at::Tensor cols = workspace_view(workspace, chunk * n, g.depth(), x.options());
   for (int64_t b = 0; b < batch; ++b) {
     for (int64_t f0 = 0; f0 < frames; f0 += chunk) {
       const int64_t count = std::min(chunk, frames - f0);
       Ops::im2col(x, g, b, f0, count, cols);
       at::Tensor slot = out.select(0, b).select(0, modality).narrow(0, f0, count).view({count * n, dim});
-      at::addmm_out(slot, shift.narrow(0, f0 * n, count * n), cols.narrow(0, 0, count * n), weight_t);
+      // PE + bias written once into the output slot, then the GEMM accumulates onto it in place.
+      at::add_out(slot, pos_rows.narrow(0, f0 * n, count * n), bias);
+      slot.addmm_(cols.narrow(0, 0, count * n), weight_t);
     }
   }
 }
@@ -100,6 +117,7 @@ inline void check_params(const at::Tensor& iframe, const at::Tensor& motion, con
   TORCH_CHECK(iframe.dim() == 5 && iframe.size(2) == 3, "vidsel: iframe must be (B, T, 3, H, W)");
   TORCH_CHECK(patch > 0, "vidsel: patch must be positive");
   const int64_t batch = iframe.size(0), frames = iframe.size(1), height = iframe.size(3), width = iframe.size(4);
+  TORCH_CHECK(batch > 0 && frames > 0, "vidsel: iframe needs B >= 1 and T >= 1");
   TORCH_CHECK(height > 0 && width > 0 && height % patch == 0 && width % patch == 0,
               "vidsel: iframe H and W must be positive multiples of patch");
   TORCH_CHECK(residual.sizes() == iframe.sizes(), "vidsel: residual must have the shape of iframe");
@@ -147,9 +165,11 @@ std::tuple<at::Tensor, at::Tensor> embed_forward(const at::Tensor& iframe_in, co
   const int64_t height = iframe_in.size(3), width = iframe_in.size(4), n = (height / patch) * (width / patch);
   const bool replicate = audio_feat.has_value() && expand_audio;
   at::Tensor out = Ops::new_output({batch, replicate ? 4 : 3, frames, n, dim}, iframe_in.options());
+  at::Tensor workspace;
   for (int64_t m = 0; m < 3; ++m) {
     const PatchGeometry g = make_geometry(inputs[m], height, width, patch);
-    embed_modality<Ops>(inputs[m], g, presum_weight(visual[3 * m], g), visual[3 * m + 1], visual[3 * m + 2], out, m);
+    embed_modality<Ops>(inputs[m], g, presum_weight(visual[3 * m], g), visual[3 * m + 1], visual[3 * m + 2], out, m,
+                        workspace);
   }
   if (!audio_feat.has_value()) return {out, iframe_in.new_empty({0})};
   const at::Tensor feat = audio_feat->contiguous().view({batch * frames, audio_feat->size(2)});
@@ -161,22 +181,25 @@ std::tuple<at::Tensor, at::Tensor> embed_forward(const at::Tensor& iframe_in, co
 // Gradients of one visual modality: {input (or undefined), weight (D, C, P, P), bias (D,), pos (T, N, D)}.
 template <class Ops>
 std::vector<at::Tensor> modality_backward(const at::Tensor& x, const PatchGeometry& g, const at::Tensor& weight,
-                                          const at::Tensor& grad_tokens, int64_t modality, bool need_input) {
+                                          const at::Tensor& grad_tokens, int64_t modality, bool need_input,
+                                          at::Tensor& workspace) {
   const int64_t batch = x.size(0), frames = x.size(1), dim = weight.size(0), n = g.tokens;
   const at::Tensor grad_m = grad_tokens.select(1, modality);  // (B, T, N, D)
   const at::Tensor weight2d = presum_weight(weight, g);
   const auto acc = accumulate_type(x.scalar_type());
-  at::Tensor grad_weight = at::zeros({dim, g.depth()}, x.options().dtype(acc));
+  at::Tensor grad_weight;
   at::Tensor grad_input = need_input ? at::zeros(x.sizes(), x.options().dtype(acc)) : at::Tensor();
   const int64_t chunk = frames_per_chunk(g, frames);
-  at::Tensor cols = at::empty({chunk * n, g.depth()}, x.options());
+  at::Tensor cols = workspace_view(workspace, chunk * n, g.depth(), x.options());
   for (int64_t b = 0; b < batch; ++b) {
     for (int64_t f0 = 0; f0 < frames; f0 += chunk) {
       const int64_t count = std::min(chunk, frames - f0);
       Ops::im2col(x, g, b, f0, count, cols);
       const at::Tensor grad_rows = grad_m.select(0, b).narrow(0, f0, count).reshape({count * n, dim});
       const at::Tensor patches = cols.narrow(0, 0, count * n);
-      if (acc == x.scalar_type()) {
+      if (!grad_weight.defined()) {
+        grad_weight = at::mm(grad_rows.t(), patches).to(acc);
+      } else if (acc == x.scalar_type()) {
         grad_weight.addmm_(grad_rows.t(), patches);
       } else {
         grad_weight.add_(at::mm(grad_rows.t(), patches));
@@ -184,8 +207,12 @@ std::vector<at::Tensor> modality_backward(const at::Tensor& x, const PatchGeomet
       if (need_input) Ops::col2im_add(at::mm(grad_rows, weight2d), g, b, f0, count, grad_input);
     }
   }
+  // Reduce over the batch first (outer axis, fast), then over (T, N) of the contiguous result.
+  at::Tensor grad_pos = grad_m.select(0, 0).to(acc, /*non_blocking=*/false, /*copy=*/true);
+  for (int64_t b = 1; b < batch; ++b) grad_pos.add_(grad_m.select(0, b));
   return {need_input ? grad_input.to(x.scalar_type()) : at::Tensor(),
-          expand_weight_grad(grad_weight, g).to(x.scalar_type()), grad_m.sum({0, 1, 2}), grad_m.sum(0)};
+          expand_weight_grad(grad_weight, g).to(x.scalar_type()), grad_pos.view({-1, dim}).sum(0).to(x.scalar_type()),
+          grad_pos.to(x.scalar_type())};
 }
 
 // Returns the 16 gradients (iframe, motion, residual, audio_feat, 9 visual params, 3 audio params);
@@ -209,9 +236,10 @@ std::vector<at::Tensor> embed_backward(const at::Tensor& grad_tokens_in, const a
   const auto empty = [&] { return iframe.new_empty({0}); };
   const at::Tensor inputs[3] = {iframe.contiguous(), motion.contiguous(), residual.contiguous()};
   std::vector<at::Tensor> input_grads = {empty(), empty(), empty(), empty()}, param_grads;
+  at::Tensor workspace;
   for (int64_t m = 0; m < 3; ++m) {
     const PatchGeometry g = make_geometry(inputs[m], height, width, patch);
-    auto grads = modality_backward<Ops>(inputs[m], g, visual[3 * m], grad_tokens, m, input_mask[m]);
+    auto grads = modality_backward<Ops>(inputs[m], g, visual[3 * m], grad_tokens, m, input_mask[m], workspace);
     if (input_mask[m]) input_grads[m] = grads[0];
     param_grads.insert(param_grads.end(), grads.begin() + 1, grads.end());
   }

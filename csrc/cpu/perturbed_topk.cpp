@@ -1,8 +1,8 @@
 // Perturbed-maximum top-k (STTS §3.2 eq. 7-8; Berthet et al. 2020), fused CPU kernels.
 //
 // Per (batch row b, sample s) the kernel draws Z_s from the Philox stream (philox.h), perturbs the
-// scores, finds the k largest by partial selection (nth_element, ties to the lower position) and
-// walks the L items in input order:
+// scores, finds the k-th largest value by a branch-free quickselect (ties go to the lower position)
+// and walks the L items in input order:
 //   forward   counts[b, i, l] += 1 when l is the i-th selected item          -> P = counts / n
 //   backward  g_s = sum_i G[b, i, l_i];  acc[b, :] += g_s Z_s                  -> grad = acc / (n sigma)
 // The noise is regenerated in backward; only O(L) scratch per thread exists, never (B, n, L) noise

@@ -93,7 +93,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_attention_bwd_c
   VIDSEL_CHECK_CUDA(grad_out, "grad_out");
   VIDSEL_CHECK_CUDA(out, "out");
   VIDSEL_CHECK_CUDA(lse, "lse");
-  TORCH_CHECK(grad_out.sizes() == q.sizes() && out.sizes() == q.sizes(), "vidsel(cuda): grad_out, out must be q-shaped");
+  TORCH_CHECK(grad_out.sizes() == q.sizes() && out.sizes() == q.sizes(),
+              "vidsel(cuda): grad_out, out must be q-shaped");
   TORCH_CHECK(lse.dim() == 3 && lse.size(0) == q.size(0) && lse.size(1) == q.size(1) && lse.size(2) == q.size(2),
               "vidsel(cuda): lse must be (B, H, Lq)");
   TORCH_CHECK(!bias_grad || key_bias.has_value(), "vidsel(cuda): bias_grad needs key_bias");

@@ -73,7 +73,9 @@ def _chunk_attention_bwd(
     if impl == "reference":
         return _reference_backward(grad_out, q, k, v, chunk_lens, key_bias, scale, bias_grad)
     if impl in ("cpu", "cuda"):
-        return torch.ops.vidsel_C.chunk_attention_bwd(grad_out, q, k, v, out, lse, chunk_lens, key_bias, scale, bias_grad)
+        return torch.ops.vidsel_C.chunk_attention_bwd(
+            grad_out, q, k, v, out, lse, chunk_lens, key_bias, scale, bias_grad
+        )
     if impl == "triton":
         from vidsel.kernels.chunk_attention import chunk_attention_backward
 
@@ -149,7 +151,9 @@ def _resolve_chunk_lens(chunk_size, chunk_lens, lk: int) -> list[int]:
         return [chunk_size] * full + ([rest] if rest else [])
     if isinstance(chunk_lens, Tensor):
         if chunk_lens.dim() != 1 or chunk_lens.is_floating_point() or chunk_lens.is_complex():
-            raise ValueError(f"chunk_lens must be a 1-D integer tensor, got {chunk_lens.dtype} {tuple(chunk_lens.shape)}")
+            raise ValueError(
+                f"chunk_lens must be a 1-D integer tensor, got {chunk_lens.dtype} {tuple(chunk_lens.shape)}"
+            )
         chunk_lens = chunk_lens.tolist()
     if not isinstance(chunk_lens, Sequence) or any(isinstance(n, bool) or not isinstance(n, int) for n in chunk_lens):
         raise TypeError(f"chunk_lens must be a sequence of ints or a 1-D integer tensor, got {chunk_lens!r}")

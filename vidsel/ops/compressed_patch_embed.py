@@ -243,6 +243,8 @@ def _check_inputs(iframe, motion, residual, audio_feat, patch):
     batch, frames, channels, height, width = iframe.shape
     check_tensor("iframe", iframe, shape=(None, None, 3, None, None))
     check_int("patch", patch, 1)
+    if batch == 0 or frames == 0:
+        raise ValueError(f"iframe must have B >= 1 and T >= 1, got shape {tuple(iframe.shape)}")
     if height % patch or width % patch or height == 0 or width == 0:
         raise ValueError(f"iframe height and width must be positive multiples of patch={patch}, got {height}x{width}")
     for name, value in (("motion", motion), ("residual", residual)):
