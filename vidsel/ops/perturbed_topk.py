@@ -157,6 +157,15 @@ def _indicator_matmul_flops(indicators_shape, x_shape, impl, *args, **kwargs) ->
     return 2 * batch * k * length * x_shape[2]
 
 
+@register_flop_formula(torch.ops.vidsel.indicator_matmul_backward)
+def _indicator_matmul_backward_flops(
+    grad_shape, indicators_shape, x_shape, need_x, need_indicators, impl, *args, **kwargs
+) -> int:
+    """One dense (B, k, L) x (B, ., D) product per requested gradient."""
+    batch, k, length = indicators_shape
+    return 2 * batch * k * length * x_shape[2] * (int(need_x) + int(need_indicators))
+
+
 def _check_common(scores: Tensor, k, num_samples, sigma, seed, name: str = "scores") -> tuple[int, float, int]:
     check_tensor(name, scores, floating=True)
     if scores.dim() < 2:
