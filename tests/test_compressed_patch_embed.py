@@ -197,6 +197,10 @@ def test_bad_inputs_raise_naming_the_argument():
         run(inputs, tuple(params), "reference")
     with pytest.raises(TypeError, match="iframe"):
         run([iframe.to(torch.uint8), motion, residual, audio], params, "reference")
+    with pytest.raises(ValueError, match="B >= 1 and T >= 1"):
+        run([iframe[:0], motion[:0], residual[:0], audio[:0]], params, "reference")
+    with pytest.raises(ValueError, match="impl"):
+        run(inputs, params, "fastest")
 
 
 def test_module_forward_and_from_clip():
@@ -232,3 +236,19 @@ def test_log_mel_peak_follows_tone_frequency():
         peaks.append(int(feats[0].argmax()))
     assert peaks == sorted(peaks) and len(set(peaks)) == 3
 
+
+
+def test_from_clip_on_a_real_encoded_video(tmp_path):
+    """Reader -> module end to end: an MPEG-4 file with audio, motion at its macroblock granularity."""
+    from tests.video_factory import make_video
+    from vidsel.io import read_compressed
+
+    make_video(tmp_path / "clip.mp4", codec="mpeg4", size=(32, 48), num_frames=24, gop=12)
+    clip = read_compressed(str(tmp_path / "clip.mp4"), num_segments=2)
+    height, width = clip.iframes.shape[-2:]
+    assert clip.motion.shape[-2] * clip.block_size == height
+    module = CompressedPatchEmbed(dim=8, patch=16, num_frames=2, size=(height, width), motion_block=clip.block_size)
+    tokens = module.from_clip(clip)
+    assert tokens.shape == (1, 4, 2, (height // 16) * (width // 16), 8)
+    expected, _ = reference.compressed_patch_embed(*module.clip_inputs(clip), module.params(), 16)
+    assert_close(tokens, expected, scale=10)

@@ -46,37 +46,37 @@ inline int64_t source_offset(const PatchGeometry& g, int64_t n, int64_t ch, int6
   return (ch * g.in_h + y) * g.in_w + x;
 }
 
-// (P*P, cells*cells) 0/1 matrix: pixel (y, x) of a patch belongs to cell (y / c, x / c).
-inline at::Tensor cell_membership(const PatchGeometry& g, const at::TensorOptions& options) {
-  const at::Tensor cell_of = at::arange(g.patch, options.dtype(at::kLong)).div(g.cell, "floor");
-  const at::Tensor cell_index = (cell_of.unsqueeze(1) * g.cells + cell_of.unsqueeze(0)).reshape({-1});
-  return at::one_hot(cell_index, g.cells * g.cells).to(options.dtype());
-}
-
-// E'_M: the motion weight (D, 2, P, P) summed over c×c cells -> (D, 2 (P/c)^2), as one small GEMM
-// (a strided reduction over size-c axes is many times slower on CPU).
+// E'_M: the motion weight (D, 2, P, P) summed over c×c cells -> (D, 2 (P/c)^2). As c² adds of small
+// strided slices: each stays under ATen's parallel grain, so no thread wake-ups (a reduction over size-c
+// axes or a tiny GEMM costs milliseconds of threading overhead here).
 inline at::Tensor presum_weight(const at::Tensor& weight, const PatchGeometry& g) {
   const int64_t dim = weight.size(0);
   if (g.cell == 1) return weight.reshape({dim, g.depth()});
-  const at::Tensor pixels = weight.reshape({dim * g.channels, g.patch * g.patch});
-  return at::mm(pixels, cell_membership(g, weight.options())).reshape({dim, g.depth()});
+  const at::Tensor cells = weight.reshape({dim, g.channels, g.cells, g.cell, g.cells, g.cell});
+  at::Tensor sum = cells.select(5, 0).select(3, 0).contiguous();
+  for (int64_t i = 0; i < g.cell; ++i) {
+    for (int64_t j = (i == 0 ? 1 : 0); j < g.cell; ++j) sum.add_(cells.select(5, j).select(3, i));
+  }
+  return sum.reshape({dim, g.depth()});
 }
 
 // Adjoint of presum_weight: every pixel of a cell receives the cell's gradient.
 inline at::Tensor expand_weight_grad(const at::Tensor& grad, const PatchGeometry& g) {
   const int64_t dim = grad.size(0);
   if (g.cell == 1) return grad.reshape({dim, g.channels, g.patch, g.patch});
-  const at::Tensor cells = grad.reshape({dim * g.channels, g.cells * g.cells});
-  return at::mm(cells, cell_membership(g, grad.options()).t()).reshape({dim, g.channels, g.patch, g.patch});
+  return grad.reshape({dim, g.channels, g.cells, 1, g.cells, 1})
+      .expand({dim, g.channels, g.cells, g.cell, g.cells, g.cell})
+      .reshape({dim, g.channels, g.patch, g.patch});
 }
 
 inline at::ScalarType accumulate_type(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-// Frames per chunk: ~2048 patch rows keeps the im2col buffer small (a few MB) and the GEMM large.
+// Frames per chunk: ~800 patch rows keeps the im2col buffer small (2.3 MiB at K = 768) while the GEMM
+// (800 × K × D) stays large enough to run at full speed.
 inline int64_t frames_per_chunk(const PatchGeometry& g, int64_t frames) {
-  return std::clamp<int64_t>(2048 / std::max<int64_t>(g.tokens, 1), 1, std::max<int64_t>(frames, 1));
+  return std::clamp<int64_t>(800 / std::max<int64_t>(g.tokens, 1), 1, std::max<int64_t>(frames, 1));
 }
 
 // A contiguous (rows, depth) view of the workspace, growing it when too small.

@@ -53,7 +53,7 @@ class CompressedPatchEmbed(nn.Module):
         dim: token dimension D.
         patch: patch side P (N = (size/P)^2 tokens per frame and modality).
         num_frames: T, the number of sampled segments (the positional tables are (T, N, D)).
-        size: frame side H = W in pixels (a multiple of patch).
+        size: frame size in pixels, H = W = size or (H, W) (multiples of patch).
         motion_block: codec block size g of the motion input (4 for H.264, 16 for MPEG-4 macroblocks), or
             None to accept any g dividing size (inferred from the motion tensor's shape).
         audio: hold the audio projection E_A (F = audio_dim -> D) and PE_A; False for silent data.
@@ -64,17 +64,18 @@ class CompressedPatchEmbed(nn.Module):
     or with expand_audio=False the pair (visual (B, 3, T, N, D), audio (B, T, D) or None).
     """
 
-    def __init__(self, dim: int = 768, patch: int = 16, num_frames: int = 8, size: int = 224,
+    def __init__(self, dim: int = 768, patch: int = 16, num_frames: int = 8, size: int | tuple[int, int] = 224,
                  motion_block: int | None = None, audio: bool = True, audio_dim: int = AUDIO_FEATURE_DIM,
                  impl: str = "auto"):
         super().__init__()
-        if size % patch:
+        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        if height % patch or width % patch:
             raise ValueError(f"size={size} must be a multiple of patch={patch}")
-        if motion_block is not None and (motion_block < 1 or size % motion_block):
+        if motion_block is not None and (motion_block < 1 or height % motion_block or width % motion_block):
             raise ValueError(f"motion_block={motion_block} must divide size={size}")
         self.dim, self.patch, self.num_frames, self.size = dim, patch, num_frames, size
         self.motion_block, self.impl = motion_block, impl
-        tokens = (size // patch) ** 2
+        tokens = (height // patch) * (width // patch)
         for name, channels in (("iframe", 3), ("motion", 2), ("residual", 3)):
             self.register_parameter(f"{name}_weight", nn.Parameter(torch.empty(dim, channels, patch, patch)))
             self.register_parameter(f"{name}_bias", nn.Parameter(torch.empty(dim)))
