@@ -12,16 +12,22 @@ BLOCK_N, BLOCK_D = 16, 64
 
 
 @triton.jit
-def _scatter_rows_kernel(
-    x_ptr, dst_ptr, w_ptr, out_ptr, N, D, N_OUT,
-    HAS_WEIGHT: tl.constexpr, ACC_DTYPE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-):
+def _row_block(N, D, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's batch, BLOCK_N rows and BLOCK_D features of a (B, N, D) tensor, with masks."""
     blocks_per_batch = tl.cdiv(N, BLOCK_N)
     batch = tl.program_id(0) // blocks_per_batch
     rows = (tl.program_id(0) % blocks_per_batch) * BLOCK_N + tl.arange(0, BLOCK_N)
     feats = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     row_mask = rows < N
-    mask = row_mask[:, None] & (feats < D)[None, :]
+    return batch, rows, feats, row_mask, row_mask[:, None] & (feats < D)[None, :]
+
+
+@triton.jit
+def _scatter_rows_kernel(
+    x_ptr, dst_ptr, w_ptr, out_ptr, N, D, N_OUT,
+    HAS_WEIGHT: tl.constexpr, ACC_DTYPE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    batch, rows, feats, row_mask, mask = _row_block(N, D, BLOCK_N, BLOCK_D)
     dst = tl.load(dst_ptr + batch * N + rows, mask=row_mask, other=0)
     x = tl.load(x_ptr + (batch * N + rows)[:, None] * D + feats[None, :], mask=mask, other=0.0).to(ACC_DTYPE)
     if HAS_WEIGHT:
@@ -35,12 +41,7 @@ def _gather_rows_kernel(
     y_ptr, dst_ptr, w_ptr, out_ptr, N, D, M,
     HAS_WEIGHT: tl.constexpr, ACC_DTYPE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    blocks_per_batch = tl.cdiv(N, BLOCK_N)
-    batch = tl.program_id(0) // blocks_per_batch
-    rows = (tl.program_id(0) % blocks_per_batch) * BLOCK_N + tl.arange(0, BLOCK_N)
-    feats = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    row_mask = rows < N
-    mask = row_mask[:, None] & (feats < D)[None, :]
+    batch, rows, feats, row_mask, mask = _row_block(N, D, BLOCK_N, BLOCK_D)
     src = tl.load(dst_ptr + batch * N + rows, mask=row_mask, other=0)
     y = tl.load(y_ptr + (batch * M + src)[:, None] * D + feats[None, :], mask=mask, other=0.0).to(ACC_DTYPE)
     if HAS_WEIGHT:

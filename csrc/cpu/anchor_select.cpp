@@ -9,7 +9,6 @@
 // Nothing of size (B, G, h, w, D) is ever built (the unfold of the STTS code). Anchors with a zero
 // weight are skipped in the x-side sums, so a one-hot weight (hard selection) costs one copy.
 #include "cpu/common.h"
-#include "cpu/huge_page_output.h"
 
 #include <ATen/OpMathType.h>
 
@@ -211,7 +210,7 @@ at::Tensor anchor_gather_cpu(const at::Tensor& x_in, const at::Tensor& weights_i
   const AnchorGrid grid = make_grid(x_in.size(1), x_in.size(2), ah, aw, sh, sw);
   TORCH_CHECK(weights_in.size(1) == grid.count(), "vidsel: weights must have G=", grid.count(), " columns");
   const at::Tensor x = x_in.contiguous();
-  at::Tensor out = huge_page_output({x.size(0), ah, aw, x.size(3)}, x.options());
+  at::Tensor out = new_output({x.size(0), ah, aw, x.size(3)}, x.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vidsel_anchor_gather", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const at::Tensor w = weights_in.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
@@ -232,7 +231,7 @@ std::tuple<at::Tensor, at::Tensor> anchor_gather_backward_cpu(const at::Tensor& 
   const AnchorGrid grid = make_grid(x_in.size(1), x_in.size(2), grad_in.size(1), grad_in.size(2), sh, sw);
   TORCH_CHECK(weights_in.size(1) == grid.count(), "vidsel: weights must have G=", grid.count(), " columns");
   const at::Tensor x = x_in.contiguous(), grad = grad_in.contiguous();
-  at::Tensor grad_x = need_grad_x ? huge_page_output(x.sizes(), x.options()) : at::empty({0}, x.options());
+  at::Tensor grad_x = need_grad_x ? new_output(x.sizes(), x.options()) : at::empty({0}, x.options());
   at::Tensor grad_w = need_grad_weights ? new_output(weights_in.sizes(), weights_in.options().dtype(at::kDouble))
                                         : at::empty({0}, weights_in.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "vidsel_anchor_gather_backward", [&] {

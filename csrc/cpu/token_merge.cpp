@@ -3,21 +3,20 @@
 //   scatter_rows: out[b, dst[b, i]] += w[b, i] * x[b, i]       (merge forward, unmerge backward)
 //   gather_rows:  out[b, i]          = w[b, i] * y[b, dst[b, i]] (unmerge forward, merge backward)
 //
-// scatter_rows is one pass over x: work is split over (batch, feature chunk), so every task owns
-// its slice of the output and accumulates without atomics; the slice stays in cache while the
-// rows stream through.
+// scatter_rows is one pass over x: the sources of every output row are grouped first (a counting
+// sort of dst_index, O(N) per batch row, stable so sums run in input order), then every output row
+// is summed from its sources while it sits in L1 and written once. No zero-fill pass, no atomics.
 #include "cpu/common.h"
 
 #include <ATen/OpMathType.h>
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace vidsel {
 namespace {
-
-constexpr int64_t kFeatureChunk = 128;
 
 void check_rows_args(const at::Tensor& x, const at::Tensor& dst, const c10::optional<at::Tensor>& weight,
                      const char* x_name) {
@@ -41,31 +40,59 @@ at::Tensor weights_or_ones(const c10::optional<at::Tensor>& weight, const at::Te
   return weight.has_value() ? weight->to(opts).contiguous() : at::ones(dst.sizes(), opts);
 }
 
+// Input rows grouped by destination: sources of output j of batch b are
+// order[b][offsets[b][j] .. offsets[b][j + 1]), ascending in input position.
+struct SourcesByDestination {
+  std::vector<int64_t> offsets;  // (batch, n_out + 1)
+  std::vector<int64_t> order;    // (batch, n)
+};
+
+SourcesByDestination group_by_destination(const int64_t* dst, int64_t batch, int64_t n, int64_t n_out) {
+  SourcesByDestination groups{std::vector<int64_t>(batch * (n_out + 1), 0), std::vector<int64_t>(batch * n)};
+  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      int64_t* offsets = groups.offsets.data() + b * (n_out + 1);
+      const int64_t* row_dst = dst + b * n;
+      for (int64_t i = 0; i < n; ++i) ++offsets[row_dst[i] + 1];
+      for (int64_t j = 0; j < n_out; ++j) offsets[j + 1] += offsets[j];
+      std::vector<int64_t> cursor(offsets, offsets + n_out);
+      int64_t* order = groups.order.data() + b * n;
+      for (int64_t i = 0; i < n; ++i) order[cursor[row_dst[i]]++] = i;
+    }
+  });
+  return groups;
+}
+
 template <typename scalar_t>
 void scatter_rows_kernel(const at::Tensor& x, const at::Tensor& dst, const at::Tensor& w, at::Tensor& out) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t batch = x.size(0), n = x.size(1), d = x.size(2), n_out = out.size(1);
-  const int64_t chunks = (d + kFeatureChunk - 1) / kFeatureChunk;
   const scalar_t* x_ptr = x.data_ptr<scalar_t>();
-  const int64_t* dst_ptr = dst.data_ptr<int64_t>();
   const acc_t* w_ptr = w.data_ptr<acc_t>();
   scalar_t* out_ptr = out.data_ptr<scalar_t>();
-  at::parallel_for(0, batch * chunks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc;
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / chunks, d0 = (task % chunks) * kFeatureChunk;
-      const int64_t width = std::min(kFeatureChunk, d - d0);
-      acc.assign(n_out * width, acc_t(0));
-      for (int64_t i = 0; i < n; ++i) {
+  const SourcesByDestination groups = group_by_destination(dst.data_ptr<int64_t>(), batch, n, n_out);
+  at::parallel_for(0, batch * n_out, 16, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(std::is_same_v<acc_t, scalar_t> ? 0 : d);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / n_out, j = row % n_out;
+      const int64_t* offsets = groups.offsets.data() + b * (n_out + 1);
+      const int64_t* sources = groups.order.data() + b * n;
+      // float/double accumulate straight into the output row (it stays in L1); half types in acc.
+      acc_t* target = std::is_same_v<acc_t, scalar_t> ? reinterpret_cast<acc_t*>(out_ptr) + row * d : acc.data();
+      if (offsets[j] == offsets[j + 1]) std::fill(target, target + d, acc_t(0));
+      for (int64_t s = offsets[j]; s < offsets[j + 1]; ++s) {
+        const int64_t i = sources[s];
         const acc_t wi = w_ptr[b * n + i];
-        const scalar_t* src = x_ptr + (b * n + i) * d + d0;
-        acc_t* target = acc.data() + dst_ptr[b * n + i] * width;
-        for (int64_t c = 0; c < width; ++c) target[c] += wi * static_cast<acc_t>(src[c]);
+        const scalar_t* src = x_ptr + (b * n + i) * d;
+        if (s == offsets[j]) {
+          for (int64_t c = 0; c < d; ++c) target[c] = wi * static_cast<acc_t>(src[c]);
+        } else {
+          for (int64_t c = 0; c < d; ++c) target[c] += wi * static_cast<acc_t>(src[c]);
+        }
       }
-      for (int64_t j = 0; j < n_out; ++j) {
-        scalar_t* o = out_ptr + (b * n_out + j) * d + d0;
-        const acc_t* a = acc.data() + j * width;
-        for (int64_t c = 0; c < width; ++c) o[c] = static_cast<scalar_t>(a[c]);
+      if constexpr (!std::is_same_v<acc_t, scalar_t>) {
+        scalar_t* o = reinterpret_cast<scalar_t*>(out_ptr) + row * d;
+        for (int64_t c = 0; c < d; ++c) o[c] = static_cast<scalar_t>(acc[c]);
       }
     }
   });

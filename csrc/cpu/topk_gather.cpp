@@ -8,11 +8,6 @@
 // One task per group selects with nth_element on an index array (O(N)) and copies whole rows with
 // memcpy; the backward writes every row of grad_x exactly once (copy or zero), no zero-fill pass.
 #include "cpu/common.h"
-#include "cpu/huge_page_output.h"
-
-#if defined(__AVX2__)
-#include <immintrin.h>
-#endif
 
 #include <algorithm>
 #include <cstdint>
@@ -22,36 +17,6 @@
 
 namespace vidsel {
 namespace {
-
-// Outputs larger than the caches are written with non-temporal (streaming) stores: they skip the
-// read-for-ownership of every destination line, a third of the memory traffic of a row copy.
-constexpr int64_t kStreamingBytes = int64_t{4} << 20;
-
-// Copies `bytes` from src to dst (src == nullptr: writes zeros), streaming the 32-byte-aligned body.
-void write_row(char* dst, const char* src, int64_t bytes, bool streaming) {
-#if defined(__AVX2__)
-  if (streaming) {
-    const int64_t misalign = static_cast<int64_t>(reinterpret_cast<uintptr_t>(dst) & 31);
-    const int64_t head = std::min<int64_t>(bytes, (32 - misalign) & 31);
-    int64_t c = 0;
-    if (src) std::memcpy(dst, src, head); else std::memset(dst, 0, head);
-    for (c = head; c + 32 <= bytes; c += 32) {
-      const __m256i v = src ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + c)) : _mm256_setzero_si256();
-      _mm256_stream_si256(reinterpret_cast<__m256i*>(dst + c), v);
-    }
-    if (src) std::memcpy(dst + c, src + c, bytes - c); else std::memset(dst + c, 0, bytes - c);
-    return;
-  }
-#endif
-  if (src) std::memcpy(dst, src, bytes); else std::memset(dst, 0, bytes);
-}
-
-// Orders the streaming stores of this thread before the op returns.
-void finish_streaming(bool streaming) {
-#if defined(__AVX2__)
-  if (streaming) _mm_sfence();
-#endif
-}
 
 // Orders positions by descending score, then ascending position: a strict total order.
 template <typename scalar_t>
@@ -90,7 +55,7 @@ std::tuple<at::Tensor, at::Tensor> topk_gather_cpu(const at::Tensor& x_in, const
   TORCH_CHECK(at::isFloatingType(scores_in.scalar_type()), "vidsel: scores must be floating point");
   TORCH_CHECK(k >= 1 && k <= n, "vidsel: k=", k, " must be in [1, N=", n, "]");
   const at::Tensor x = x_in.contiguous(), scores = scores_in.contiguous();
-  at::Tensor selected = huge_page_output({groups, k, d}, x.options());
+  at::Tensor selected = new_output({groups, k, d}, x.options());
   at::Tensor index = new_output({groups, k}, x.options().dtype(at::kLong));
   const int64_t row_bytes = d * static_cast<int64_t>(x.element_size());
   const char* x_ptr = static_cast<const char*>(x.data_ptr());
@@ -130,7 +95,7 @@ at::Tensor topk_gather_backward_cpu(const at::Tensor& grad_in, const at::Tensor&
   for (int64_t b = 0; b < groups; ++b) {
     for (int64_t j = 0; j < k; ++j) source[b * n + index_ptr[b * k + j]] = b * k + j;
   }
-  at::Tensor grad_x = huge_page_output({groups, n, d}, grad.options());
+  at::Tensor grad_x = new_output({groups, n, d}, grad.options());
   const int64_t row_bytes = d * static_cast<int64_t>(grad.element_size());
   const char* g_ptr = static_cast<const char*>(grad.data_ptr());
   char* out_ptr = static_cast<char*>(grad_x.data_ptr());

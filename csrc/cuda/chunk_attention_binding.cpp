@@ -7,13 +7,11 @@
 
 #include <vector>
 
+#include "cuda/binding_common.h"
 #include "cuda/chunk_attention.h"
 
 namespace vidsel::cuda {
 namespace {
-
-#define VIDSEL_CHECK_CUDA(t, name) \
-  TORCH_CHECK((t).is_cuda(), "vidsel(cuda): ", name, " must be a CUDA tensor, got ", (t).device())
 
 void check_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::IntArrayRef chunk_lens,
                 const c10::optional<at::Tensor>& key_bias) {

@@ -5,6 +5,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "cuda/binding_common.h"
 #include "cpu/compressed_patch_embed.h"
 #include "cuda/compressed_patch_embed.h"
 
@@ -12,19 +13,6 @@ namespace vidsel::cuda {
 namespace {
 
 using compressed_embed::PatchGeometry;
-
-#define VIDSEL_CHECK_CUDA_TENSOR(t, name) \
-  TORCH_CHECK((t).is_cuda(), "vidsel(cuda): ", name, " must be a CUDA tensor, got ", (t).device())
-
-ScalarKind scalar_kind(const at::Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kFloat: return ScalarKind::kFloat32;
-    case at::kDouble: return ScalarKind::kFloat64;
-    case at::kHalf: return ScalarKind::kFloat16;
-    case at::kBFloat16: return ScalarKind::kBFloat16;
-    default: TORCH_CHECK(false, "vidsel(cuda): unsupported dtype ", t.scalar_type());
-  }
-}
 
 PatchLayout layout_of(const PatchGeometry& g) {
   return {g.channels, g.in_h, g.in_w, g.scale, g.cell, g.cells, g.patch, g.grid_w, g.tokens};
@@ -64,7 +52,7 @@ std::tuple<at::Tensor, at::Tensor> compressed_patch_embed_cuda(const at::Tensor&
                                                                const c10::optional<at::Tensor>& audio_feat,
                                                                at::TensorList visual, at::TensorList audio,
                                                                int64_t patch, bool expand_audio) {
-  VIDSEL_CHECK_CUDA_TENSOR(iframe, "iframe");
+  VIDSEL_CHECK_CUDA(iframe, "iframe");
   scalar_kind(iframe);
   const c10::cuda::CUDAGuard guard(iframe.device());
   return compressed_embed::embed_forward<CudaOps>(iframe, motion, residual, audio_feat, visual, audio, patch,
@@ -75,8 +63,8 @@ std::vector<at::Tensor> compressed_patch_embed_backward_cuda(
     const at::Tensor& grad_tokens, const at::Tensor& grad_audio, const at::Tensor& iframe, const at::Tensor& motion,
     const at::Tensor& residual, const c10::optional<at::Tensor>& audio_feat, at::TensorList visual,
     at::TensorList audio, int64_t patch, bool expand_audio, std::array<bool, 4> input_mask) {
-  VIDSEL_CHECK_CUDA_TENSOR(iframe, "iframe");
-  VIDSEL_CHECK_CUDA_TENSOR(grad_tokens, "grad_tokens");
+  VIDSEL_CHECK_CUDA(iframe, "iframe");
+  VIDSEL_CHECK_CUDA(grad_tokens, "grad_tokens");
   scalar_kind(iframe);
   const c10::cuda::CUDAGuard guard(iframe.device());
   return compressed_embed::embed_backward<CudaOps>(grad_tokens, grad_audio, iframe, motion, residual, audio_feat,

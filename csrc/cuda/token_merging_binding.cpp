@@ -6,33 +6,13 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "cuda/binding_common.h"
 #include "cuda/token_merging.h"
 
 namespace vidsel::cuda {
 namespace {
 
 constexpr int64_t kAlternate = 0;
-
-#define VIDSEL_CHECK_CUDA(t, name) \
-  TORCH_CHECK((t).is_cuda(), "vidsel(cuda): ", name, " must be a CUDA tensor, got ", (t).device())
-
-ScalarKind kind_of(const at::Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kFloat: return ScalarKind::kFloat32;
-    case at::kDouble: return ScalarKind::kFloat64;
-    case at::kHalf: return ScalarKind::kFloat16;
-    case at::kBFloat16: return ScalarKind::kBFloat16;
-    default: TORCH_CHECK(false, "vidsel(cuda): unsupported dtype ", t.scalar_type());
-  }
-}
-
-void check_index_range(const at::Tensor& index, int64_t upper, const char* name) {
-  TORCH_CHECK(index.scalar_type() == at::kLong, "vidsel(cuda): ", name, " must be int64");
-  if (index.numel() == 0) return;
-  const auto [lo, hi] = at::aminmax(index);
-  TORCH_CHECK(lo.item<int64_t>() >= 0 && hi.item<int64_t>() < upper, "vidsel(cuda): ", name,
-              " values must lie in [0, ", upper, ")");
-}
 
 at::Tensor take_rows(const at::Tensor& x, const at::Tensor& positions) {
   return x.gather(1, positions.unsqueeze(-1).expand({-1, -1, x.size(2)}));
@@ -112,7 +92,7 @@ at::Tensor scatter_rows_cuda(const at::Tensor& x_in, const at::Tensor& dst_in,
   const at::ScalarType acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const at::Tensor w = weights_for(weight, dst, acc_type);
   at::Tensor acc = at::zeros({x.size(0), n_out, x.size(2)}, x.options().dtype(acc_type));
-  launch_scatter_rows(x.data_ptr(), kind_of(x), dst.data_ptr<int64_t>(), w.defined() ? w.data_ptr() : nullptr,
+  launch_scatter_rows(x.data_ptr(), scalar_kind(x), dst.data_ptr<int64_t>(), w.defined() ? w.data_ptr() : nullptr,
                       acc.data_ptr(), x.size(0), x.size(1), x.size(2), n_out, c10::cuda::getCurrentCUDAStream());
   return acc.to(x.scalar_type());
 }
@@ -129,7 +109,7 @@ at::Tensor gather_rows_cuda(const at::Tensor& y_in, const at::Tensor& dst_in,
   const at::ScalarType acc_type = y.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const at::Tensor w = weights_for(weight, dst, acc_type);
   at::Tensor out = at::empty({dst.size(0), dst.size(1), y.size(2)}, y.options());
-  launch_gather_rows(y.data_ptr(), kind_of(y), dst.data_ptr<int64_t>(), w.defined() ? w.data_ptr() : nullptr,
+  launch_gather_rows(y.data_ptr(), scalar_kind(y), dst.data_ptr<int64_t>(), w.defined() ? w.data_ptr() : nullptr,
                      out.data_ptr(), y.size(0), y.size(1), dst.size(1), y.size(2), c10::cuda::getCurrentCUDAStream());
   return out;
 }

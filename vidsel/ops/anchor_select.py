@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
 from vidsel import _backends
+from vidsel.ops._dispatch import run_backend
 from vidsel.ops._validation import check_choice, check_finite, check_tensor
 from vidsel.reference import selection as reference
 
@@ -31,15 +32,10 @@ MODES = ("hard", "perturbed")
 @torch.library.custom_op("vidsel::anchor_scores", mutates_args=())
 def _anchor_scores(scores: Tensor, anchor_h: int, anchor_w: int, stride_h: int, stride_w: int, impl: str) -> Tensor:
     check_finite("scores", scores)
-    if impl == "reference":
-        return reference.anchor_scores(scores, anchor_h, anchor_w, stride_h, stride_w)
-    if impl in ("cpu", "cuda"):
-        return torch.ops.vidsel_C.anchor_scores(scores, anchor_h, anchor_w, stride_h, stride_w)
-    if impl == "triton":
-        from vidsel.kernels.anchor_select import anchor_scores
-
-        return anchor_scores(scores, anchor_h, anchor_w, stride_h, stride_w)
-    raise ValueError(f"anchor_scores: unknown impl {impl!r}")
+    return run_backend(
+        impl, "anchor_scores", reference.anchor_scores, "anchor_select",
+        scores, anchor_h, anchor_w, stride_h, stride_w,
+    )
 
 
 @torch.library.custom_op("vidsel::anchor_scores_backward", mutates_args=())
@@ -47,30 +43,20 @@ def _anchor_scores_backward(
     grad: Tensor, height: int, width: int, anchor_h: int, anchor_w: int, stride_h: int, stride_w: int, impl: str
 ) -> Tensor:
     """(F, G) -> (F, H, W): every anchor spreads grad / (h w) over its window."""
-    if impl == "reference":
-        return reference.anchor_scores_backward(grad, height, width, anchor_h, anchor_w, stride_h, stride_w)
-    if impl in ("cpu", "cuda"):
-        return torch.ops.vidsel_C.anchor_scores_backward(grad, height, width, anchor_h, anchor_w, stride_h, stride_w)
-    if impl == "triton":
-        from vidsel.kernels.anchor_select import anchor_scores_backward
-
-        return anchor_scores_backward(grad, height, width, anchor_h, anchor_w, stride_h, stride_w)
-    raise ValueError(f"anchor_scores_backward: unknown impl {impl!r}")
+    return run_backend(
+        impl, "anchor_scores_backward", reference.anchor_scores_backward, "anchor_select",
+        grad, height, width, anchor_h, anchor_w, stride_h, stride_w,
+    )
 
 
 @torch.library.custom_op("vidsel::anchor_gather", mutates_args=())
 def _anchor_gather(
     x: Tensor, weights: Tensor, anchor_h: int, anchor_w: int, stride_h: int, stride_w: int, impl: str
 ) -> Tensor:
-    if impl == "reference":
-        return reference.anchor_gather(x, weights, anchor_h, anchor_w, stride_h, stride_w)
-    if impl in ("cpu", "cuda"):
-        return torch.ops.vidsel_C.anchor_gather(x, weights, anchor_h, anchor_w, stride_h, stride_w)
-    if impl == "triton":
-        from vidsel.kernels.anchor_select import anchor_gather
-
-        return anchor_gather(x, weights, anchor_h, anchor_w, stride_h, stride_w)
-    raise ValueError(f"anchor_gather: unknown impl {impl!r}")
+    return run_backend(
+        impl, "anchor_gather", reference.anchor_gather, "anchor_select",
+        x, weights, anchor_h, anchor_w, stride_h, stride_w,
+    )
 
 
 @torch.library.custom_op("vidsel::anchor_gather_backward", mutates_args=())

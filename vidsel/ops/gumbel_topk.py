@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
 from vidsel import _backends
+from vidsel.ops._dispatch import run_backend
 from vidsel.ops._validation import check_finite, check_int, check_tensor
 from vidsel.reference import gumbel_topk as reference
 from vidsel.reference import philox
@@ -29,30 +30,20 @@ SUPPORTED_IMPLS = ("reference", "cpu", "triton", "cuda")
 @torch.library.custom_op("vidsel::gumbel_topk", mutates_args=())
 def _gumbel_topk(logits: Tensor, k: int, tau: float, hard: bool, replacement: bool, seed: int, impl: str) -> Tensor:
     check_finite("logits", logits)
-    if impl == "reference":
-        return reference.gumbel_topk(logits, k, tau, hard, replacement, seed)
-    if impl in ("cpu", "cuda"):
-        return torch.ops.vidsel_C.gumbel_topk(logits, k, tau, hard, replacement, seed)
-    if impl == "triton":
-        from vidsel.kernels.gumbel_topk import gumbel_topk
-
-        return gumbel_topk(logits, k, tau, hard, replacement, seed)
-    raise ValueError(f"gumbel_topk: unknown impl {impl!r}")
+    return run_backend(
+        impl, "gumbel_topk", reference.gumbel_topk, "gumbel_topk",
+        logits, k, tau, hard, replacement, seed,
+    )
 
 
 @torch.library.custom_op("vidsel::gumbel_topk_backward", mutates_args=())
 def _gumbel_topk_backward(
     grad: Tensor, logits: Tensor, k: int, tau: float, replacement: bool, seed: int, impl: str
 ) -> Tensor:
-    if impl == "reference":
-        return reference.gumbel_topk_backward(grad, logits, k, tau, replacement, seed)
-    if impl in ("cpu", "cuda"):
-        return torch.ops.vidsel_C.gumbel_topk_backward(grad, logits, k, tau, replacement, seed)
-    if impl == "triton":
-        from vidsel.kernels.gumbel_topk import gumbel_topk_backward
-
-        return gumbel_topk_backward(grad, logits, k, tau, replacement, seed)
-    raise ValueError(f"gumbel_topk_backward: unknown impl {impl!r}")
+    return run_backend(
+        impl, "gumbel_topk_backward", reference.gumbel_topk_backward, "gumbel_topk",
+        grad, logits, k, tau, replacement, seed,
+    )
 
 
 @_gumbel_topk.register_fake

@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
 from vidsel import _backends
+from vidsel.ops._dispatch import run_backend
 from vidsel.ops._validation import check_tensor
 from vidsel.ops.bipartite_match import Matching
 from vidsel.reference import token_merging as reference
@@ -25,28 +26,15 @@ SUPPORTED_IMPLS = ("reference", "cpu", "triton", "cuda")
 
 @torch.library.custom_op("vidsel::scatter_rows", mutates_args=())
 def _scatter_rows(x: Tensor, dst_index: Tensor, weight: Optional[Tensor], n_out: int, impl: str) -> Tensor:
-    if impl == "reference":
-        return reference.scatter_rows(x, dst_index, weight, n_out)
-    if impl in ("cpu", "cuda"):
-        return torch.ops.vidsel_C.scatter_rows(x, dst_index, weight, n_out)
-    if impl == "triton":
-        from vidsel.kernels.token_merge import scatter_rows
-
-        return scatter_rows(x, dst_index, weight, n_out)
-    raise ValueError(f"scatter_rows: unknown impl {impl!r}")
+    return run_backend(
+        impl, "scatter_rows", reference.scatter_rows, "token_merge",
+        x, dst_index, weight, n_out,
+    )
 
 
 @torch.library.custom_op("vidsel::gather_rows", mutates_args=())
 def _gather_rows(y: Tensor, dst_index: Tensor, weight: Optional[Tensor], impl: str) -> Tensor:
-    if impl == "reference":
-        return reference.gather_rows(y, dst_index, weight)
-    if impl in ("cpu", "cuda"):
-        return torch.ops.vidsel_C.gather_rows(y, dst_index, weight)
-    if impl == "triton":
-        from vidsel.kernels.token_merge import gather_rows
-
-        return gather_rows(y, dst_index, weight)
-    raise ValueError(f"gather_rows: unknown impl {impl!r}")
+    return run_backend(impl, "gather_rows", reference.gather_rows, "token_merge", y, dst_index, weight)
 
 
 @_scatter_rows.register_fake

@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
 from vidsel import _backends
+from vidsel.ops._dispatch import run_backend
 from vidsel.ops._validation import check_finite, check_int, check_tensor
 from vidsel.reference import perturbed_topk as reference
 from vidsel.reference import philox
@@ -31,30 +32,20 @@ SUPPORTED_IMPLS = ("reference", "cpu", "triton", "cuda")
 @torch.library.custom_op("vidsel::perturbed_topk", mutates_args=())
 def _perturbed_topk(scores: Tensor, k: int, num_samples: int, sigma: float, seed: int, impl: str) -> Tensor:
     check_finite("scores", scores)
-    if impl == "reference":
-        return reference.perturbed_topk(scores, k, num_samples, sigma, seed)
-    if impl in ("cpu", "cuda"):
-        return torch.ops.vidsel_C.perturbed_topk(scores, k, num_samples, sigma, seed)
-    if impl == "triton":
-        from vidsel.kernels.perturbed_topk import perturbed_topk
-
-        return perturbed_topk(scores, k, num_samples, sigma, seed)
-    raise ValueError(f"perturbed_topk: unknown impl {impl!r}")
+    return run_backend(
+        impl, "perturbed_topk", reference.perturbed_topk, "perturbed_topk",
+        scores, k, num_samples, sigma, seed,
+    )
 
 
 @torch.library.custom_op("vidsel::perturbed_topk_backward", mutates_args=())
 def _perturbed_topk_backward(
     grad: Tensor, scores: Tensor, k: int, num_samples: int, sigma: float, seed: int, impl: str
 ) -> Tensor:
-    if impl == "reference":
-        return reference.perturbed_topk_backward(grad, scores, k, num_samples, sigma, seed)
-    if impl in ("cpu", "cuda"):
-        return torch.ops.vidsel_C.perturbed_topk_backward(grad, scores, k, num_samples, sigma, seed)
-    if impl == "triton":
-        from vidsel.kernels.perturbed_topk import perturbed_topk_backward
-
-        return perturbed_topk_backward(grad, scores, k, num_samples, sigma, seed)
-    raise ValueError(f"perturbed_topk_backward: unknown impl {impl!r}")
+    return run_backend(
+        impl, "perturbed_topk_backward", reference.perturbed_topk_backward, "perturbed_topk",
+        grad, scores, k, num_samples, sigma, seed,
+    )
 
 
 @_perturbed_topk.register_fake
