@@ -104,9 +104,7 @@ def run(profile: str) -> list[Table]:
         f"{torch.get_num_threads()} threads",
         columns=["implementation", "ms", "speedup vs STTS-repo", "peak MiB", "memory vs STTS-repo"],
     )
-    for name in steps:
-        table.rows.append([name, times[name], times[baseline] / times[name], memory[name],
-                           memory[name] / memory[baseline]])
+    table.add_comparison_rows(times, memory, baseline)
     ours = "vidsel perturbed_topk_select"
     speedup = times[baseline] / times[ours]
     fraction = memory[ours] / memory[baseline]

@@ -122,9 +122,7 @@ def _anchor_table(seconds: float) -> Table:
         f"anchor {ANCHOR}x{ANCHOR}, stride {STRIDE}, n={SAMPLES}, float32, {torch.get_num_threads()} threads",
         columns=["contender", "median ms", "speedup", "peak MiB", "memory vs baseline"],
     )
-    for name in contenders:
-        table.rows.append([name, times[name], times[base_name] / times[name], memory[name],
-                           memory[name] / memory[base_name]])
+    table.add_comparison_rows(times, memory, base_name)
     fused_name = "vidsel cpu: anchor_select(perturbed)"
     speedup = times[base_name] / times[fused_name]
     table.check("speedup vs unfold baseline", speedup, ">= 3x", speedup >= 3.0)

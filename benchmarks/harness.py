@@ -31,6 +31,12 @@ class Table:
         """Records a target check (shown under the table and in the JSON record)."""
         self.checks.append(dict(what=what, measured=round(measured, 3), target=target, passed=bool(passed)))
 
+    def add_comparison_rows(self, times: dict, memory: dict, baseline: str) -> None:
+        """One row per contender: name, ms, speedup vs `baseline`, peak MiB, memory vs `baseline`."""
+        for name in times:
+            self.rows.append([name, times[name], times[baseline] / times[name], memory[name],
+                              memory[name] / memory[baseline]])
+
     def to_markdown(self) -> str:
         def fmt(v):
             if isinstance(v, float):

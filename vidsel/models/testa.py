@@ -248,63 +248,35 @@ class JointEncoder(_VideoEncoderBase):
 # ------------------------------------------------------------------------------------------------
 
 
-def _testa(base: dict, overrides: dict) -> TestaEncoder:
-    return TestaEncoder(_configure(TestaConfig, base, overrides))
+# Registered configs as data: name -> (encoder family, base config fields, what the paper reports).
+CONFIGS = {
+    "testa_f16": ("testa", dict(num_frames=16, r_frames=1, r_patches=2),
+                  "16 frames, R_T=1, R_S=2 (Table 6: 228 GFLOPs)"),
+    "testa_f16_noagg": ("testa", dict(num_frames=16), "16 frames, no aggregation (Table 6: 392 GFLOPs)"),
+    "testa_f32": ("testa", dict(num_frames=32, r_frames=1, r_patches=12),
+                  "32 frames, R_T=1, R_S=12 (§4.1; Table 1: 420 GFLOPs)"),
+    "testa_f32_noagg": ("testa", dict(num_frames=32), "32 frames, no aggregation (Table 1: 786 GFLOPs)"),
+    "testa_f96": ("testa", dict(num_frames=96, r_frames=4, r_patches=8),
+                  "96 frames, R_T=4, R_S=8 (§4.1; Table 5: 1381.4 GFLOPs)"),
+    "testa_f96_noagg": ("testa", dict(num_frames=96), "96 frames, no aggregation (Table 5: 2382.5 GFLOPs)"),
+    "timesformer_f8": ("testa", dict(num_frames=8),
+                       "TimeSformer (divided space-time) 8 x 224² = TESTA without aggregation (196 GFLOPs)"),
+    "joint_f16": ("joint", dict(num_frames=16),
+                  'Joint space-time ViT-B/16, 16 frames, no merging (Table 6 "ToMe w/o agg.": 450 GFLOPs)'),
+    "tome_joint_f16": ("joint", dict(num_frames=16, r=197),
+                       "Joint space-time ViT-B/16 + ToMe, r = 197 per block (§4.7, Table 6: 252 GFLOPs)"),
+}
 
 
-def _joint(base: dict, overrides: dict) -> JointEncoder:
-    return JointEncoder(_configure(JointConfig, base, overrides))
+def _register(name: str, family: str, base: dict, doc: str) -> None:
+    encoder, config = (TestaEncoder, TestaConfig) if family == "testa" else (JointEncoder, JointConfig)
+
+    def build(**overrides):
+        return encoder(_configure(config, base, overrides))
+
+    build.__name__, build.__doc__ = name, doc
+    register_model(name)(build)
 
 
-@register_model("testa_f16")
-def testa_f16(**overrides) -> TestaEncoder:
-    """16 frames, R_T = 1, R_S = 2 (Table 6: 228 GFLOPs)."""
-    return _testa(dict(num_frames=16, r_frames=1, r_patches=2), overrides)
-
-
-@register_model("testa_f16_noagg")
-def testa_f16_noagg(**overrides) -> TestaEncoder:
-    """16 frames, no aggregation (Table 6: 392 GFLOPs)."""
-    return _testa(dict(num_frames=16), overrides)
-
-
-@register_model("testa_f32")
-def testa_f32(**overrides) -> TestaEncoder:
-    """32 frames, R_T = 1, R_S = 12 (§4.1; Table 1: 420 GFLOPs)."""
-    return _testa(dict(num_frames=32, r_frames=1, r_patches=12), overrides)
-
-
-@register_model("testa_f32_noagg")
-def testa_f32_noagg(**overrides) -> TestaEncoder:
-    """32 frames, no aggregation (Table 1: 786 GFLOPs)."""
-    return _testa(dict(num_frames=32), overrides)
-
-
-@register_model("testa_f96")
-def testa_f96(**overrides) -> TestaEncoder:
-    """96 frames, R_T = 4, R_S = 8 (§4.1; Table 5: 1381.4 GFLOPs)."""
-    return _testa(dict(num_frames=96, r_frames=4, r_patches=8), overrides)
-
-
-@register_model("testa_f96_noagg")
-def testa_f96_noagg(**overrides) -> TestaEncoder:
-    """96 frames, no aggregation (Table 5: 2382.5 GFLOPs)."""
-    return _testa(dict(num_frames=96), overrides)
-
-
-@register_model("timesformer_f8")
-def timesformer_f8(**overrides) -> TestaEncoder:
-    """TimeSformer (divided space-time) 8 x 224² = TESTA without aggregation at 8 frames (196 GFLOPs)."""
-    return _testa(dict(num_frames=8), overrides)
-
-
-@register_model("joint_f16")
-def joint_f16(**overrides) -> JointEncoder:
-    """Joint space-time ViT-B/16, 16 frames, no merging (Table 6 "ToMe w/o agg.": 450 GFLOPs)."""
-    return _joint(dict(num_frames=16), overrides)
-
-
-@register_model("tome_joint_f16")
-def tome_joint_f16(**overrides) -> JointEncoder:
-    """Joint space-time ViT-B/16 + ToMe, r = 197 per block (§4.7, Table 6: 252 GFLOPs)."""
-    return _joint(dict(num_frames=16, r=197), overrides)
+for _name, (_family, _base, _doc) in CONFIGS.items():
+    _register(_name, _family, _base, _doc)
