@@ -2,6 +2,7 @@
 
 #include <sys/mman.h>
 
+
 #if defined(__AVX2__)
 #include <immintrin.h>
 #endif

@@ -85,6 +85,26 @@ inline at::Tensor workspace_view(at::Tensor& workspace, int64_t rows, int64_t de
   return workspace.narrow(0, 0, rows * depth).view({rows, depth});
 }
 
+// Full-resolution modalities (I-frame, residual): the patch projection is a convolution with stride P,
+// which oneDNN / cuDNN run faster than im2col + one GEMM (measured here: ~10 ms vs ~18 ms per
+// modality at B=2, T=8, 224², D=768). Chunks of frames bound the temporary.
+inline void embed_full_resolution(const at::Tensor& x, const PatchGeometry& g, const at::Tensor& weight2d,
+                                  const at::Tensor& bias, const at::Tensor& pos_rows, at::Tensor& out,
+                                  int64_t modality) {
+  const int64_t frames = x.size(1), dim = weight2d.size(0), n = g.tokens;
+  const at::Tensor weight4d = weight2d.reshape({dim, g.channels, g.patch, g.patch});
+  const int64_t chunk = std::min<int64_t>(frames, 8);  // bounds the (chunk, D, h, w) temporary
+  for (int64_t b = 0; b < x.size(0); ++b) {
+    for (int64_t f0 = 0; f0 < frames; f0 += chunk) {
+      const int64_t count = std::min(chunk, frames - f0);
+      const at::Tensor projected = at::conv2d(x.select(0, b).narrow(0, f0, count), weight4d, {}, {g.patch, g.patch});
+      at::Tensor slot = out.select(0, b).select(0, modality).narrow(0, f0, count).view({count, n, dim});
+      at::add_out(slot, pos_rows.narrow(0, f0 * n, count * n).view({count, n, dim}), bias);
+      slot.add_(projected.flatten(2).transpose(1, 2));
+    }
+  }
+}
+
 // Ops must provide:
 //   static void im2col(const at::Tensor& x, const PatchGeometry&, int64_t b, int64_t f0, int64_t count, at::Tensor& cols)
 //   static void col2im_add(const at::Tensor& cols, const PatchGeometry&, int64_t b, int64_t f0, int64_t count,
@@ -97,6 +117,10 @@ void embed_modality(const at::Tensor& x, const PatchGeometry& g, const at::Tenso
   const int64_t batch = x.size(0), frames = x.size(1), dim = weight2d.size(0), n = g.tokens;
   const at::Tensor weight_t = weight2d.t();
   const at::Tensor pos_rows = pos.reshape({frames * n, dim});
+  if (g.scale == 1 && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble)) {
+    embed_full_resolution(x, g, weight2d, bias, pos_rows, out, modality);
+    return;
+  }
   const int64_t chunk = frames_per_chunk(g, frames);
   at::Tensor cols = workspace_view(workspace, chunk * n, g.depth(), x.options());
   for (int64_t b = 0; b < batch; ++b) {
@@ -178,6 +202,22 @@ std::tuple<at::Tensor, at::Tensor> embed_forward(const at::Tensor& iframe_in, co
   return {out, audio_tokens};
 }
 
+// Backward of embed_full_resolution: the convolution's own input / weight gradients, per clip.
+inline void convolution_grads(const at::Tensor& x, const PatchGeometry& g, const at::Tensor& weight,
+                              const at::Tensor& grad_m, bool need_input, at::Tensor& grad_input,
+                              at::Tensor& grad_weight) {
+  const int64_t frames = x.size(1), dim = weight.size(0), grid_h = g.tokens / g.grid_w;
+  for (int64_t b = 0; b < x.size(0); ++b) {
+    // (T, N, D) tokens are a channels-last (T, D, h, w) gradient map: a view, no copy.
+    const at::Tensor grad_map = grad_m.select(0, b).view({frames, grid_h, g.grid_w, dim}).permute({0, 3, 1, 2});
+    const auto [grad_x, grad_w, unused_bias] = at::convolution_backward(
+        grad_map, x.select(0, b), weight, c10::nullopt, {g.patch, g.patch}, {0, 0}, {1, 1}, false, {0, 0}, 1,
+        {need_input, true, false});
+    if (need_input) grad_input.select(0, b).copy_(grad_x);
+    grad_weight = grad_weight.defined() ? grad_weight.add_(grad_w) : grad_w;
+  }
+}
+
 // Gradients of one visual modality: {input (or undefined), weight (D, C, P, P), bias (D,), pos (T, N, D)}.
 template <class Ops>
 std::vector<at::Tensor> modality_backward(const at::Tensor& x, const PatchGeometry& g, const at::Tensor& weight,
@@ -189,6 +229,9 @@ std::vector<at::Tensor> modality_backward(const at::Tensor& x, const PatchGeomet
   const auto acc = accumulate_type(x.scalar_type());
   at::Tensor grad_weight;
   at::Tensor grad_input = need_input ? at::zeros(x.sizes(), x.options().dtype(acc)) : at::Tensor();
+  if (g.scale == 1 && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble)) {
+    convolution_grads(x, g, weight, grad_m, need_input, grad_input, grad_weight);
+  } else {
   const int64_t chunk = frames_per_chunk(g, frames);
   at::Tensor cols = workspace_view(workspace, chunk * n, g.depth(), x.options());
   for (int64_t b = 0; b < batch; ++b) {
@@ -206,6 +249,7 @@ std::vector<at::Tensor> modality_backward(const at::Tensor& x, const PatchGeomet
       }
       if (need_input) Ops::col2im_add(at::mm(grad_rows, weight2d), g, b, f0, count, grad_input);
     }
+  }
   }
   // Reduce over the batch first (outer axis, fast), then over (T, N) of the contiguous result.
   at::Tensor grad_pos = grad_m.select(0, 0).to(acc, /*non_blocking=*/false, /*copy=*/true);
