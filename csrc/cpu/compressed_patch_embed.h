@@ -93,11 +93,13 @@ inline void embed_full_resolution(const at::Tensor& x, const PatchGeometry& g, c
                                   int64_t modality) {
   const int64_t frames = x.size(1), dim = weight2d.size(0), n = g.tokens;
   const at::Tensor weight4d = weight2d.reshape({dim, g.channels, g.patch, g.patch});
-  const int64_t chunk = std::min<int64_t>(frames, 8);  // bounds the (chunk, D, h, w) temporary
+  const int64_t chunk = std::min<int64_t>(frames, 4);  // bounds the (chunk, D, h, w) temporaries
   for (int64_t b = 0; b < x.size(0); ++b) {
     for (int64_t f0 = 0; f0 < frames; f0 += chunk) {
       const int64_t count = std::min(chunk, frames - f0);
-      const at::Tensor projected = at::conv2d(x.select(0, b).narrow(0, f0, count), weight4d, {}, {g.patch, g.patch});
+      // Channels-last input gives a channels-last (count, D, h, w) result: memory order (count, N, D).
+      const at::Tensor frames_cl = x.select(0, b).narrow(0, f0, count).contiguous(at::MemoryFormat::ChannelsLast);
+      const at::Tensor projected = at::conv2d(frames_cl, weight4d, {}, {g.patch, g.patch});
       at::Tensor slot = out.select(0, b).select(0, modality).narrow(0, f0, count).view({count, n, dim});
       at::add_out(slot, pos_rows.narrow(0, f0 * n, count * n).view({count, n, dim}), bias);
       slot.add_(projected.flatten(2).transpose(1, 2));
