@@ -11,11 +11,8 @@ import vidsel
 import vidsel.ops  # noqa: F401  (registers the ops)
 from vidsel import _backends
 
-# Public op name -> backends it implements. Extend when adding an op.
-OPS: dict[str, tuple[str, ...]] = {}
-
-
 def _collect_ops() -> dict[str, tuple[str, ...]]:
+    """Public op module name -> the backends it implements (its SUPPORTED_IMPLS)."""
     import importlib
     import pkgutil
 

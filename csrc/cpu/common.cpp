@@ -26,6 +26,7 @@ bool debug_fill_enabled() { return g_debug_fill.load(); }
 // cost as much as the kernel's own writes. madvise asks the OS to back the aligned interior with
 // 2 MiB pages (what THP_MEM_ALLOC_ENABLE=1 does for every torch allocation). The tensor still comes
 // from torch's allocator, so profilers and memory accounting see it. A hint: failure is harmless.
+namespace {
 void advise_huge_pages(const at::Tensor& out) {
   constexpr uintptr_t kHugePage = uintptr_t{2} << 20;
   if (out.nbytes() < 2 * kHugePage) return;
@@ -34,6 +35,7 @@ void advise_huge_pages(const at::Tensor& out) {
   const uintptr_t last = (begin + out.nbytes()) & ~(kHugePage - 1);
   if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
 }
+}  // namespace
 
 at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
   at::Tensor out = at::empty(sizes, options);

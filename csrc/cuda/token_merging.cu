@@ -102,20 +102,15 @@ __global__ void gather_rows_kernel(const T* y, const int64_t* dst, const Acc* we
 
 constexpr int kFeatureThreads = 128;
 
-template <typename T, typename Acc>
-void scatter_typed(const void* x, const int64_t* dst, const void* weight, void* acc, int64_t batch, int64_t n,
-                   int64_t d, int64_t n_out, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(batch * n), static_cast<unsigned>(ceil_div(d, kFeatureThreads)));
-  scatter_rows_kernel<T, Acc><<<grid, kFeatureThreads, 0, stream>>>(
-      static_cast<const T*>(x), dst, static_cast<const Acc*>(weight), static_cast<Acc*>(acc), n, d, n_out);
-}
-
-template <typename T, typename Acc>
-void gather_typed(const void* y, const int64_t* dst, const void* weight, void* out, int64_t batch, int64_t m,
-                  int64_t n, int64_t d, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(batch * n), static_cast<unsigned>(ceil_div(d, kFeatureThreads)));
-  gather_rows_kernel<T, Acc><<<grid, kFeatureThreads, 0, stream>>>(
-      static_cast<const T*>(y), dst, static_cast<const Acc*>(weight), static_cast<T*>(out), m, n, d);
+// Calls launch.template operator()<T, Acc>() for the element type `kind` (Acc: float, double for double).
+template <class Launch>
+void dispatch_kind(ScalarKind kind, Launch&& launch) {
+  switch (kind) {
+    case ScalarKind::kFloat64: return launch.template operator()<double, double>();
+    case ScalarKind::kFloat32: return launch.template operator()<float, float>();
+    case ScalarKind::kFloat16: return launch.template operator()<__half, float>();
+    case ScalarKind::kBFloat16: return launch.template operator()<__nv_bfloat16, float>();
+  }
 }
 
 }  // namespace
@@ -137,25 +132,21 @@ void launch_best_partner(const void* a, const void* b, void* best, int64_t* best
 void launch_scatter_rows(const void* x, ScalarKind kind, const int64_t* dst, const void* weight, void* acc,
                          int64_t batch, int64_t n, int64_t d, int64_t n_out, cudaStream_t stream) {
   if (batch * n == 0 || d == 0) return;
-  switch (kind) {
-    case ScalarKind::kFloat64: return scatter_typed<double, double>(x, dst, weight, acc, batch, n, d, n_out, stream);
-    case ScalarKind::kFloat32: return scatter_typed<float, float>(x, dst, weight, acc, batch, n, d, n_out, stream);
-    case ScalarKind::kFloat16: return scatter_typed<__half, float>(x, dst, weight, acc, batch, n, d, n_out, stream);
-    case ScalarKind::kBFloat16:
-      return scatter_typed<__nv_bfloat16, float>(x, dst, weight, acc, batch, n, d, n_out, stream);
-  }
+  const dim3 grid(static_cast<unsigned>(batch * n), static_cast<unsigned>(ceil_div(d, kFeatureThreads)));
+  dispatch_kind(kind, [&]<typename T, typename Acc>() {
+    scatter_rows_kernel<T, Acc><<<grid, kFeatureThreads, 0, stream>>>(
+        static_cast<const T*>(x), dst, static_cast<const Acc*>(weight), static_cast<Acc*>(acc), n, d, n_out);
+  });
 }
 
 void launch_gather_rows(const void* y, ScalarKind kind, const int64_t* dst, const void* weight, void* out,
                         int64_t batch, int64_t m, int64_t n, int64_t d, cudaStream_t stream) {
   if (batch * n == 0 || d == 0) return;
-  switch (kind) {
-    case ScalarKind::kFloat64: return gather_typed<double, double>(y, dst, weight, out, batch, m, n, d, stream);
-    case ScalarKind::kFloat32: return gather_typed<float, float>(y, dst, weight, out, batch, m, n, d, stream);
-    case ScalarKind::kFloat16: return gather_typed<__half, float>(y, dst, weight, out, batch, m, n, d, stream);
-    case ScalarKind::kBFloat16:
-      return gather_typed<__nv_bfloat16, float>(y, dst, weight, out, batch, m, n, d, stream);
-  }
+  const dim3 grid(static_cast<unsigned>(batch * n), static_cast<unsigned>(ceil_div(d, kFeatureThreads)));
+  dispatch_kind(kind, [&]<typename T, typename Acc>() {
+    gather_rows_kernel<T, Acc><<<grid, kFeatureThreads, 0, stream>>>(
+        static_cast<const T*>(y), dst, static_cast<const Acc*>(weight), static_cast<T*>(out), m, n, d);
+  });
 }
 
 }  // namespace vidsel::cuda

@@ -40,10 +40,8 @@ from vidsel.nn.token_merging import TokenMerging
 
 
 @dataclass
-class TestaConfig:
-    """TESTA / TimeSformer encoder. Defaults: BLIP ViT-B/16 at 224², no aggregation."""
-
-    __test__ = False  # not a pytest class despite the name
+class ViTConfig:
+    """Backbone fields shared by both encoders. Defaults: BLIP ViT-B/16 at 224²."""
 
     num_frames: int = 16
     img_size: int = 224
@@ -53,28 +51,26 @@ class TestaConfig:
     depth: int = 12
     num_heads: int = 12
     mlp_ratio: float = 4.0
-    r_frames: int = 0  # R_T: frames merged per block (TAM)
-    r_patches: int = 0  # R_S: patches merged per frame per block (SAM)
-    partition: str = "alternate"  # "alternate" (geometry-based) | "importance" (eq. 1)
     prop_attn: bool = False  # proportional attention: + log(size) on the attention logits
     impl: str = "auto"  # backend of the vidsel ops
 
 
 @dataclass
-class JointConfig:
+class TestaConfig(ViTConfig):
+    """TESTA / TimeSformer divided space-time encoder; no aggregation by default."""
+
+    __test__ = False  # not a pytest class despite the name
+
+    r_frames: int = 0  # R_T: frames merged per block (TAM)
+    r_patches: int = 0  # R_S: patches merged per frame per block (SAM)
+    partition: str = "alternate"  # "alternate" (geometry-based) | "importance" (eq. 1)
+
+
+@dataclass
+class JointConfig(ViTConfig):
     """Joint space-time ViT-B/16 (all 1 + T·L tokens attend together) with ToMe merging r per block."""
 
-    num_frames: int = 16
-    img_size: int = 224
-    patch_size: int = 16
-    in_chans: int = 3
-    embed_dim: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    mlp_ratio: float = 4.0
     r: int = 0  # ToMe: tokens merged per block (CLS protected)
-    prop_attn: bool = False
-    impl: str = "auto"
 
 
 def _configure(config_class, base: dict, overrides: dict):

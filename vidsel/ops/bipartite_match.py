@@ -79,7 +79,7 @@ def _bipartite_match_triton(metric, r, kind, importance, protected):
     from vidsel.kernels.bipartite_match import best_partner
 
     batch, n, c = metric.shape
-    a_pos, b_pos = reference._partition(batch, n, r, kind, importance, protected, metric.device)
+    a_pos, b_pos = reference.partition_positions(batch, n, r, kind, importance, protected, metric.device)
     if r == 0 or b_pos.shape[1] == 0:
         scores = torch.zeros(a_pos.shape, dtype=torch.float32, device=metric.device)
         partner = torch.zeros(a_pos.shape, dtype=torch.int64, device=metric.device)

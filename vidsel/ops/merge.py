@@ -137,6 +137,8 @@ def merge(x: Tensor, matching: Matching, size: Tensor | None = None, impl: str =
         size_flat = torch.ones(batch, n, dtype=rows.dtype, device=rows.device)
     else:
         check_tensor("size", size, floating=True, like=x, shape=(batch, n) if size.dim() == 2 else (batch, n, 1))
+        if size.dtype != x.dtype:
+            raise TypeError(f"size must have x's dtype {x.dtype}, got {size.dtype}")
         size_flat = size.reshape(batch, n)
     size_merged = size_flat.new_zeros(batch, n_out).scatter_add(1, matching.dst_index, size_flat)
     weight = size_flat / size_merged.gather(1, matching.dst_index)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 ALTERNATE, IMPORTANCE = 0, 1
 
 
-def _partition(
+def partition_positions(
     batch: int, n: int, r: int, kind: int, importance: torch.Tensor | None, protected: int, device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Positions of A (B, |A|) and B (B, |B|) tokens, each row ascending."""
@@ -69,7 +69,7 @@ def bipartite_match(metric, r: int, kind: int, importance, protected: int):
     """Reference matching. metric (B, N, C), importance (B, N) or None -> see matching_from_partners."""
     batch, n, _ = metric.shape
     compute = metric if metric.dtype == torch.float64 else metric.float()
-    a_pos, b_pos = _partition(batch, n, r, kind, importance, protected, metric.device)
+    a_pos, b_pos = partition_positions(batch, n, r, kind, importance, protected, metric.device)
     if r == 0 or b_pos.shape[1] == 0:
         scores = torch.zeros(a_pos.shape, dtype=compute.dtype, device=metric.device)
         partner = torch.zeros(a_pos.shape, dtype=torch.int64, device=metric.device)
