@@ -11,6 +11,7 @@
 // The backward runs one task per (batch, head), which owns that head's dK / dV / dbias; with fewer
 // heads than 2x threads it splits query tiles over threads with per-thread key-gradient buffers.
 #include "cpu/common.h"
+#include "cpu/gemm_f32.h"
 
 #include <algorithm>
 #include <bit>
@@ -39,12 +40,23 @@ constexpr int64_t kBwdQueryTile = 128;  // the backward keeps 2 score-sized buff
 constexpr int64_t kBwdKeyBlock = 256;
 
 // Row-major C (m x n) = alpha * op(A) op(B) + beta * C, where op(A) is m x k and op(B) is k x n.
-// trans_a: A is stored k x m; trans_b: B is stored n x k. Column-major BLAS sees C^T = op(B)^T op(A)^T.
+// trans_a: A is stored k x m; trans_b: B is stored n x k. float32 runs on the AVX-512 tiles of
+// gemm_f32.h when the build targets AVX-512 (see there why not MKL), else on the BLAS; column-major
+// BLAS sees C^T = op(B)^T op(A)^T.
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
           const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+#if defined(VIDSEL_HAVE_AVX512_GEMM)
+  const gemm_f32::StridedA a_view{a, trans_a ? 1 : lda, trans_a ? lda : 1};
+  if (trans_b) {
+    gemm_f32::gemm_b_transposed(m, n, k, alpha, a_view, b, ldb, beta, c, ldc);
+  } else {
+    gemm_f32::gemm(m, n, k, alpha, a_view, b, ldb, beta, c, ldc);
+  }
+#else
   const char ta = trans_b ? 'T' : 'N', tb = trans_a ? 'T' : 'N';
   const int mm = int(n), nn = int(m), kk = int(k), la = int(ldb), lb = int(lda), lc = int(ldc);
   sgemm_(&ta, &tb, &mm, &nn, &kk, &alpha, b, &la, a, &lb, &beta, c, &lc);
+#endif
 }
 
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha, const double* a, int64_t lda,
