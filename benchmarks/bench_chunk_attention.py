@@ -10,14 +10,11 @@ latency per chunk (one chunk of queries against the cached prefix) and the extra
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 import torch.nn.functional as F
 
 import vidsel.ops as ops
-from benchmarks.harness import Table, median_ms, peak_memory_mb, result_mb
+from benchmarks.harness import Table, interleaved_median_ms, median_ms, peak_memory_mb, result_mb
 from vidsel.reference.chunk_attention import block_causal_mask
 
 BATCH, HEADS, LENGTH, HEAD_DIM, CHUNK = 1, 8, 4096, 64, 256
@@ -51,20 +48,6 @@ def _flex_forward(q, k, v, chunk):
         print(f"bench_chunk_attention: FlexAttention unavailable: {error}")
         return None
     return lambda: compiled(q, k, v, block_mask=block_mask)
-
-
-def interleaved_median_ms(fns: dict, rounds: int) -> dict:
-    """Median ms of each contender, timed round-robin (one call each per round) so that the load of a
-    shared machine drifts over all contenders alike instead of favouring whoever ran in a quiet spell."""
-    for fn in fns.values():
-        fn()  # warm-up
-    times = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 
 def _forward_backward(attention, leaves, grad_out):

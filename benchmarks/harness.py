@@ -63,6 +63,20 @@ def median_ms(fn, *, min_run_time: float = 1.0, warmup: int = 1) -> float:
     return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
 
 
+def interleaved_median_ms(fns: dict, rounds: int) -> dict:
+    """Median ms of each contender, timed round-robin (one call each per round) so that the load of a
+    shared machine drifts over all contenders alike instead of favouring whoever ran in a quiet spell."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
+
+
 def median_ms_repeats(fn, repeats: int = 5, warmup: int = 1) -> float:
     """Median of `repeats` single calls: for slow calls (models) where autorange would take long."""
     for _ in range(warmup):

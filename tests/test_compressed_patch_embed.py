@@ -82,6 +82,19 @@ def test_single_frame_no_audio_and_non_contiguous(impl):
     assert_close(tokens[:, 0], expected_iframe, scale=10)
 
 
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="needs the C++ CPU backend")
+@pytest.mark.parametrize("height, width, frames", [(128, 128, 3), (16, 16 * 181, 1)])
+def test_cpu_projection_split_into_row_chunks(height, width, frames):
+    """The float32 CPU path projects blocks of 96 patches: 192 rows split evenly (2 × 96), 181 rows (prime) as
+    96 + a tail of 85 (not a multiple of the GEMM's 6-row register tile)."""
+    inputs, params = make_case(frames=frames, height=height, width=width, patch=16, block=16)
+    for expand_audio in (True, False):
+        expected = run(inputs, params, "reference", 16, expand_audio)
+        actual = run(inputs, params, "cpu", 16, expand_audio)
+        for a, e in zip(as_list(actual), as_list(expected), strict=True):
+            assert_close(a, e, scale=10)
+
+
 def test_audio_is_replicated_over_positions():
     inputs, params = make_case()
     tokens = run(inputs, params, "cpu" if "cpu" in BACKENDS else "reference")

@@ -85,9 +85,11 @@ inline at::Tensor workspace_view(at::Tensor& workspace, int64_t rows, int64_t de
   return workspace.narrow(0, 0, rows * depth).view({rows, depth});
 }
 
-// Full-resolution modalities (I-frame, residual): the patch projection is a convolution with stride P,
-// which oneDNN / cuDNN run faster than im2col + one GEMM (measured here: ~10 ms vs ~18 ms per
-// modality at B=2, T=8, 224², D=768). Chunks of frames bound the temporary.
+// Full-resolution modalities (I-frame, residual) where Ops::embed_direct declines (CUDA; CPU float64 or
+// builds without AVX-512):
+// the patch projection is a convolution with stride P, which cuDNN / oneDNN run faster than im2col + one
+// GEMM (measured on CPU: ~10 ms vs ~18 ms per modality at B=2, T=8, 224², D=768). Chunks of frames bound
+// the temporary.
 inline void embed_full_resolution(const at::Tensor& x, const PatchGeometry& g, const at::Tensor& weight2d,
                                   const at::Tensor& bias, const at::Tensor& pos_rows, at::Tensor& out,
                                   int64_t modality) {
@@ -112,11 +114,15 @@ inline void embed_full_resolution(const at::Tensor& x, const PatchGeometry& g, c
 //   static void col2im_add(const at::Tensor& cols, const PatchGeometry&, int64_t b, int64_t f0, int64_t count,
 //                          at::Tensor& grad)   // grad: (B, T, C, in_h, in_w) in accumulate_type, +=
 //   static at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions&)
+//   static bool embed_direct(x, g, weight2d, bias, pos (T, N, D), out, modality)
+//       // a device fast path writing the whole modality slot of `out`; false: not applicable, use the generic path
+//   static void replicate_audio(const at::Tensor& tokens /* (B, T, D) */, at::Tensor& out /* (B, 4, T, N, D) */)
 // workspace: im2col buffer reused across modalities (re-allocating MBs per call costs page faults).
 template <class Ops>
 void embed_modality(const at::Tensor& x, const PatchGeometry& g, const at::Tensor& weight2d, const at::Tensor& bias,
                     const at::Tensor& pos, at::Tensor& out, int64_t modality, at::Tensor& workspace) {
   const int64_t batch = x.size(0), frames = x.size(1), dim = weight2d.size(0), n = g.tokens;
+  if (Ops::embed_direct(x, g, weight2d, bias, pos, out, modality)) return;
   const at::Tensor weight_t = weight2d.t();
   const at::Tensor pos_rows = pos.reshape({frames * n, dim});
   if (g.scale == 1 && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble)) {
@@ -200,7 +206,7 @@ std::tuple<at::Tensor, at::Tensor> embed_forward(const at::Tensor& iframe_in, co
   if (!audio_feat.has_value()) return {out, iframe_in.new_empty({0})};
   const at::Tensor feat = audio_feat->contiguous().view({batch * frames, audio_feat->size(2)});
   at::Tensor audio_tokens = at::addmm(audio[1], feat, audio[0].t()).view({batch, frames, dim}).add_(audio[2]);
-  if (replicate) out.select(1, 3).copy_(audio_tokens.unsqueeze(2).expand({batch, frames, n, dim}));
+  if (replicate) Ops::replicate_audio(audio_tokens, out);
   return {out, audio_tokens};
 }
 
@@ -253,9 +259,12 @@ std::vector<at::Tensor> modality_backward(const at::Tensor& x, const PatchGeomet
     }
   }
   }
-  // Reduce over the batch first (outer axis, fast), then over (T, N) of the contiguous result.
-  at::Tensor grad_pos = grad_m.select(0, 0).to(acc, /*non_blocking=*/false, /*copy=*/true);
-  for (int64_t b = 1; b < batch; ++b) grad_pos.add_(grad_m.select(0, b));
+  // Reduce over the batch first (outer axis, fast), then over (T, N) of the contiguous result. The first two
+  // clips are summed in one pass (a copy then an add would write the (T, N, D) result twice).
+  const bool pair = batch > 1 && acc == x.scalar_type();
+  at::Tensor grad_pos = pair ? at::add(grad_m.select(0, 0), grad_m.select(0, 1))
+                             : grad_m.select(0, 0).to(acc, /*non_blocking=*/false, /*copy=*/true);
+  for (int64_t b = pair ? 2 : 1; b < batch; ++b) grad_pos.add_(grad_m.select(0, b));
   return {need_input ? grad_input.to(x.scalar_type()) : at::Tensor(),
           expand_weight_grad(grad_weight, g).to(x.scalar_type()), grad_pos.view({-1, dim}).sum(0).to(x.scalar_type()),
           grad_pos.to(x.scalar_type())};

@@ -45,6 +45,16 @@ struct CudaOps {
   static at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
     return at::empty(sizes, options);
   }
+
+  // No device-specific fast path: the driver's convolution / im2col + GEMM paths run on cuDNN / cuBLAS.
+  static bool embed_direct(const at::Tensor&, const PatchGeometry&, const at::Tensor&, const at::Tensor&,
+                           const at::Tensor&, at::Tensor&, int64_t) {
+    return false;
+  }
+
+  static void replicate_audio(const at::Tensor& tokens, at::Tensor& out) {
+    out.select(1, 3).copy_(tokens.unsqueeze(2).expand({out.size(0), out.size(2), out.size(3), out.size(4)}));
+  }
 };
 
 std::tuple<at::Tensor, at::Tensor> compressed_patch_embed_cuda(const at::Tensor& iframe, const at::Tensor& motion,
