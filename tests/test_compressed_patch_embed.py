@@ -95,6 +95,21 @@ def test_cpu_projection_split_into_row_chunks(height, width, frames):
             assert_close(a, e, scale=10)
 
 
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="needs the C++ CPU backend")
+def test_cpu_weight_gradient_over_row_chunks_and_output_blocks():
+    """The float32 CPU weight gradient walks 256-row patch chunks and 96-row blocks of D: 362 rows per clip
+    (256 + a tail of 106) and D = 100 (96 + 4) exercise every ragged edge, with two clips accumulating."""
+    inputs, params = make_case(frames=2, height=16, width=16 * 181, patch=16, block=16, dim=100)
+    grads = {}
+    for backend in ("reference", "cpu"):
+        weights = [t.clone().requires_grad_() for t in params]
+        out = run(inputs, CompressedEmbedParams(*weights), backend, 16)
+        out.backward(torch.linspace(-1, 1, out.numel()).view_as(out))
+        grads[backend] = [w.grad for w in weights]
+    for a, e in zip(grads["cpu"], grads["reference"], strict=True):
+        assert_close(a, e, scale=20)
+
+
 def test_audio_is_replicated_over_positions():
     inputs, params = make_case()
     tokens = run(inputs, params, "cpu" if "cpu" in BACKENDS else "reference")

@@ -119,11 +119,57 @@ bool embed_direct_float(const at::Tensor& x, const PatchGeometry& g, const at::T
   });
   return true;
 }
+// Backward of the projection weight, float32: grad_W (D, depth) = Σ over every clip's rows of gradᵀ · cols.
+// Per clip, chunks of kGradRows patch rows are gathered in parallel (the chunk stays in L2), then the D
+// output rows are split over threads, each accumulating its block of gradᵀ (a strided view, no transpose
+// copy) times the chunk with the AVX-512 GEMM.
+constexpr int64_t kGradRows = 256;
+constexpr int64_t kGradOutRows = 96;
+
+bool weight_grad_float(const at::Tensor& x, const PatchGeometry& g, const at::Tensor& grad_m, at::Tensor& grad_weight) {
+  if (x.scalar_type() != at::kFloat || grad_m.scalar_type() != at::kFloat) return false;
+  const int64_t batch = x.size(0), frames = x.size(1), dim = grad_m.size(3), depth = g.depth();
+  const int64_t rows = frames * g.tokens;
+  TORCH_CHECK(x.is_contiguous() && x.size(2) * x.size(3) * x.size(4) == g.frame_size() && grad_m.dim() == 4 &&
+                  grad_m.size(0) == batch && grad_m.size(1) == frames && grad_m.size(2) == g.tokens,
+              "vidsel(cpu): weight gradient bounds");
+  grad_weight = at::empty({dim, depth}, x.options());
+  at::Tensor cols = at::empty({std::min(kGradRows, rows), depth}, x.options());
+  float *gw = grad_weight.data_ptr<float>(), *patches = cols.data_ptr<float>();
+  const int64_t out_blocks = (dim + kGradOutRows - 1) / kGradOutRows;
+  for (int64_t b = 0; b < batch; ++b) {
+    const at::Tensor grad_clip = grad_m.select(0, b).contiguous();  // (T, N, D): a view when grad is dense
+    const float* grad = grad_clip.data_ptr<float>();
+    const float* clip = x.data_ptr<float>() + b * frames * g.frame_size();
+    for (int64_t row0 = 0; row0 < rows; row0 += kGradRows) {
+      const int64_t count = std::min(kGradRows, rows - row0);
+      at::parallel_for(0, count, 16, [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+          const int64_t row = row0 + r;
+          gather_patch(clip + (row / g.tokens) * g.frame_size(), g, row % g.tokens, patches + r * depth);
+        }
+      });
+      const bool first = b == 0 && row0 == 0;
+      at::parallel_for(0, out_blocks, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t block = begin; block < end; ++block) {
+          const int64_t i0 = block * kGradOutRows, out_rows = std::min(kGradOutRows, dim - i0);
+          const gemm_f32::StridedA grad_t{grad + row0 * dim + i0, 1, dim};  // gradᵀ rows i0.., columns row0..
+          gemm_f32::gemm(out_rows, depth, count, 1.0f, grad_t, patches, depth, first ? 0.0f : 1.0f, gw + i0 * depth,
+                         depth);
+        }
+      });
+    }
+  }
+  return true;
+}
+
 #else
+// No AVX-512 GEMM in this build: the driver's convolution paths.
 bool embed_direct_float(const at::Tensor&, const PatchGeometry&, const at::Tensor&, const at::Tensor&,
                         const at::Tensor&, at::Tensor&, int64_t) {
-  return false;  // no AVX-512 GEMM in this build: the driver's convolution path
+  return false;
 }
+bool weight_grad_float(const at::Tensor&, const PatchGeometry&, const at::Tensor&, at::Tensor&) { return false; }
 #endif
 
 // out[b, 3, t, n, :] = tokens[b, t, :] for all n: one parallel pass of row copies, streamed past the cache
@@ -184,6 +230,11 @@ struct CpuOps {
   }
 
   static void replicate_audio(const at::Tensor& tokens, at::Tensor& out) { replicate_audio_rows(tokens, out); }
+
+  static bool weight_grad_direct(const at::Tensor& x, const PatchGeometry& g, const at::Tensor& grad_m,
+                                 at::Tensor& grad_weight) {
+    return weight_grad_float(x, g, grad_m, grad_weight);
+  }
 };
 
 void check_cpu(std::initializer_list<std::pair<const at::Tensor*, const char*>> tensors) {

@@ -52,6 +52,10 @@ struct CudaOps {
     return false;
   }
 
+  static bool weight_grad_direct(const at::Tensor&, const PatchGeometry&, const at::Tensor&, at::Tensor&) {
+    return false;
+  }
+
   static void replicate_audio(const at::Tensor& tokens, at::Tensor& out) {
     out.select(1, 3).copy_(tokens.unsqueeze(2).expand({out.size(0), out.size(2), out.size(3), out.size(4)}));
   }
