@@ -63,11 +63,13 @@ def median_ms(fn, *, min_run_time: float = 1.0, warmup: int = 1) -> float:
     return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
 
 
-def interleaved_median_ms(fns: dict, rounds: int) -> dict:
+def interleaved_median_ms(fns: dict, rounds: int, warmup_rounds: int = 1) -> dict:
     """Median ms of each contender, timed round-robin (one call each per round) so that the load of a
-    shared machine drifts over all contenders alike instead of favouring whoever ran in a quiet spell."""
-    for fn in fns.values():
-        fn()  # warm-up
+    shared machine drifts over all contenders alike instead of favouring whoever ran in a quiet spell.
+    Untimed warm-up rounds come first, round-robin too."""
+    for _ in range(warmup_rounds):
+        for fn in fns.values():
+            fn()
     times = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
