@@ -133,7 +133,8 @@ def run(profile: str) -> list[Table]:
     )
     table.notes.append(
         "fwd extra MiB: allocator peak during the forward minus its output (profiler; the cpu kernel's "
-        "per-thread score tiles, 256 x 512 floats each, are malloc'd outside the torch allocator). "
+        "per-thread scratch, a 256 x 512 score tile and a 512 x Dh packed key panel, 0.6 MiB per thread at "
+        "Dh = 64, is malloc'd outside the torch allocator). "
         "Streaming step: mean over the 16 chunks of one chunk of 256 queries against its cached key prefix."
     )
     table.notes.append(
