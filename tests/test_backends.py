@@ -105,3 +105,23 @@ def test_backend_status_reports_reasons():
     status = vidsel.backend_status()
     assert set(status) == set(ALL)
     assert all(isinstance(s.reason, str) and s.reason for s in status.values())
+
+
+def _host_has_avx512() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " avx512f" in line for line in f)
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _backends.backend_status()["cpu"].built, reason="needs the C++ CPU backend")
+def test_cpu_kernels_report_what_they_were_compiled_for():
+    """A default build (-march=native) on an AVX-512 host must take the AVX-512 GEMM path: losing it (build flags,
+    a compiler change) silently costs the attention / patch-embedding kernels 2x here."""
+    features = _backends.cpu_features()
+    assert features in vidsel.backend_status()["cpu"].reason
+    if _host_has_avx512() and os.environ.get("VIDSEL_CPU_ARCH", "native") == "native":
+        assert features.startswith("avx512 (vidsel GEMM)")
+    else:
+        assert features.startswith(("avx512", "no avx512"))

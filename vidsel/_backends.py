@@ -82,6 +82,11 @@ if _CPU_BUILT:
     torch.ops.vidsel_C.set_debug_fill(os.environ.get("VIDSEL_DEBUG_FILL", "0") == "1")
 
 
+def cpu_features() -> str:
+    """What the C++ CPU kernels were compiled for, e.g. "avx512 (vidsel GEMM), avx2, openmp"; "" if not built."""
+    return torch.ops.vidsel_C.cpu_features() if _CPU_BUILT else ""
+
+
 def backend_status() -> dict[str, BackendStatus]:
     """Per backend: whether it can run here and why (not)."""
     cuda_reason = _CUDA_REASON if not _CUDA_BUILT else f"{_CUDA_REASON}; " + (
@@ -89,7 +94,7 @@ def backend_status() -> dict[str, BackendStatus]:
     )
     return {
         "reference": BackendStatus("reference", True, f"PyTorch {torch.__version__}"),
-        "cpu": BackendStatus("cpu", _CPU_BUILT, _CPU_REASON),
+        "cpu": BackendStatus("cpu", _CPU_BUILT, f"{_CPU_REASON}; compiled for: {cpu_features()}" if _CPU_BUILT else _CPU_REASON),
         "triton": BackendStatus("triton", _TRITON_OK, _TRITON_REASON),
         "cuda": BackendStatus("cuda", _CUDA_BUILT, cuda_reason),
     }

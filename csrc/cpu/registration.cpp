@@ -3,9 +3,34 @@
 // (csrc/cpu/<op>.cpp for CPU, csrc/cuda/<op>_binding.cpp for CUDA).
 // The public, autograd-aware ops live in Python (vidsel/ops) and call these.
 #include "cpu/common.h"
+#include "cpu/gemm_f32.h"
+
+#include <string>
+
+namespace {
+// What the CPU kernels were compiled for (python -m vidsel.info): without AVX-512 the attention tiles and
+// patch projections fall back to the BLAS / convolutions, several times slower on AMD CPUs.
+std::string cpu_features() {
+  std::string features;
+#if defined(VIDSEL_HAVE_AVX512_GEMM)
+  features += "avx512 (vidsel GEMM)";
+#else
+  features += "no avx512 (BLAS / convolution GEMMs)";
+#endif
+#if defined(__AVX2__)
+  features += ", avx2";
+#endif
+#if defined(_OPENMP)
+  features += ", openmp";
+#endif
+  return features;
+}
+}  // namespace
 
 TORCH_LIBRARY(vidsel_C, m) {
+  // Utilities (no tensors, no device kernels).
   m.def("set_debug_fill(bool enabled) -> ()", &vidsel::set_debug_fill);
+  m.def("cpu_features() -> str", &cpu_features);
 
   // Token merging (TESTA §3.2.2, ToMe). partition: 0 = alternate, 1 = importance.
   m.def(
