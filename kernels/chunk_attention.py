@@ -16,6 +16,23 @@ BLOCK_M, BLOCK_N = 16, 16
 
 
 @triton.jit
+def _load_tile(ptr, first_row, rows, row_ok, dims, dim_ok, DIM, ACC: tl.constexpr):
+    """Rows `rows` of a row-major (.., DIM) matrix starting at row first_row, zero outside, in ACC."""
+    offsets = (first_row + rows)[:, None] * DIM + dims[None, :]
+    return tl.load(ptr + offsets, mask=row_ok[:, None] & dim_ok[None, :], other=0.0).to(ACC)
+
+
+@triton.jit
+def _load_key_bias(bias_ptr, bh, HEADS, LK, cols, col_ok, HAS_BIAS: tl.constexpr, ACC: tl.constexpr,
+                   BLOCK_N: tl.constexpr):
+    """key_bias[b, cols] of batch b = bh // HEADS (zeros without a bias)."""
+    bias = tl.zeros([BLOCK_N], ACC)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + (bh // HEADS) * LK + cols, mask=col_ok, other=0.0).to(ACC)
+    return bias
+
+
+@triton.jit
 def _chunk_attention_fwd_kernel(
     q_ptr, k_ptr, v_ptr, bias_ptr, key_end_ptr, out_ptr, lse_ptr,
     HEADS, LQ, LK, DIM, scale,
@@ -26,8 +43,7 @@ def _chunk_attention_fwd_kernel(
     dims = tl.arange(0, BLOCK_D)
     row_ok = rows < LQ
     dim_ok = dims < DIM
-    q = tl.load(q_ptr + (bh * LQ + rows)[:, None] * DIM + dims[None, :], mask=row_ok[:, None] & dim_ok[None, :],
-                other=0.0).to(ACC)
+    q = _load_tile(q_ptr, bh * LQ, rows, row_ok, dims, dim_ok, DIM, ACC)
     ends = tl.load(key_end_ptr + rows, mask=row_ok, other=0)
     key_stop = tl.max(ends, axis=0)
     row_max = tl.full([BLOCK_M], float("-inf"), ACC)
@@ -36,18 +52,17 @@ def _chunk_attention_fwd_kernel(
     for j0 in range(0, key_stop, BLOCK_N):
         cols = j0 + tl.arange(0, BLOCK_N)
         col_ok = cols < LK
-        kv_mask = col_ok[:, None] & dim_ok[None, :]
-        k = tl.load(k_ptr + (bh * LK + cols)[:, None] * DIM + dims[None, :], mask=kv_mask, other=0.0).to(ACC)
+        k = _load_tile(k_ptr, bh * LK, cols, col_ok, dims, dim_ok, DIM, ACC)
         s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
         if HAS_BIAS:
-            s += tl.load(bias_ptr + (bh // HEADS) * LK + cols, mask=col_ok, other=0.0).to(ACC)[None, :]
+            s += _load_key_bias(bias_ptr, bh, HEADS, LK, cols, col_ok, HAS_BIAS, ACC, BLOCK_N)[None, :]
         s = tl.where(cols[None, :] < ends[:, None], s, float("-inf"))
         new_max = tl.maximum(row_max, tl.max(s, axis=1))
         shift = tl.where(new_max == float("-inf"), 0.0, new_max)
         p = tl.exp(s - shift[:, None])
         rescale = tl.exp(row_max - shift)
         row_sum = row_sum * rescale + tl.sum(p, axis=1)
-        v = tl.load(v_ptr + (bh * LK + cols)[:, None] * DIM + dims[None, :], mask=kv_mask, other=0.0).to(ACC)
+        v = _load_tile(v_ptr, bh * LK, cols, col_ok, dims, dim_ok, DIM, ACC)
         acc = acc * rescale[:, None] + tl.dot(p, v, input_precision="ieee")
         row_max = new_max
     safe_sum = tl.where(row_ok, row_sum, 1.0)
@@ -81,11 +96,9 @@ def _chunk_attention_dkdv_kernel(
     col_ok = cols < LK
     dim_ok = dims < DIM
     kv_mask = col_ok[:, None] & dim_ok[None, :]
-    k = tl.load(k_ptr + (bh * LK + cols)[:, None] * DIM + dims[None, :], mask=kv_mask, other=0.0).to(ACC)
-    v = tl.load(v_ptr + (bh * LK + cols)[:, None] * DIM + dims[None, :], mask=kv_mask, other=0.0).to(ACC)
-    bias = tl.zeros([BLOCK_N], ACC)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + (bh // HEADS) * LK + cols, mask=col_ok, other=0.0).to(ACC)
+    k = _load_tile(k_ptr, bh * LK, cols, col_ok, dims, dim_ok, DIM, ACC)
+    v = _load_tile(v_ptr, bh * LK, cols, col_ok, dims, dim_ok, DIM, ACC)
+    bias = _load_key_bias(bias_ptr, bh, HEADS, LK, cols, col_ok, HAS_BIAS, ACC, BLOCK_N)
     dk = tl.zeros([BLOCK_N, BLOCK_D], ACC)
     dv = tl.zeros([BLOCK_N, BLOCK_D], ACC)
     dbias = tl.zeros([BLOCK_N], ACC)
@@ -94,9 +107,8 @@ def _chunk_attention_dkdv_kernel(
     for i0 in range((first_row // BLOCK_M) * BLOCK_M, LQ, BLOCK_M):
         rows = i0 + tl.arange(0, BLOCK_M)
         row_ok = rows < LQ
-        q_mask = row_ok[:, None] & dim_ok[None, :]
-        q = tl.load(q_ptr + (bh * LQ + rows)[:, None] * DIM + dims[None, :], mask=q_mask, other=0.0).to(ACC)
-        do = tl.load(do_ptr + (bh * LQ + rows)[:, None] * DIM + dims[None, :], mask=q_mask, other=0.0).to(ACC)
+        q = _load_tile(q_ptr, bh * LQ, rows, row_ok, dims, dim_ok, DIM, ACC)
+        do = _load_tile(do_ptr, bh * LQ, rows, row_ok, dims, dim_ok, DIM, ACC)
         lse = tl.load(lse_ptr + bh * LQ + rows, mask=row_ok, other=0.0)
         delta = tl.load(delta_ptr + bh * LQ + rows, mask=row_ok, other=0.0)
         ends = tl.load(key_end_ptr + rows, mask=row_ok, other=0)
@@ -122,8 +134,8 @@ def _chunk_attention_dq_kernel(
     row_ok = rows < LQ
     dim_ok = dims < DIM
     q_mask = row_ok[:, None] & dim_ok[None, :]
-    q = tl.load(q_ptr + (bh * LQ + rows)[:, None] * DIM + dims[None, :], mask=q_mask, other=0.0).to(ACC)
-    do = tl.load(do_ptr + (bh * LQ + rows)[:, None] * DIM + dims[None, :], mask=q_mask, other=0.0).to(ACC)
+    q = _load_tile(q_ptr, bh * LQ, rows, row_ok, dims, dim_ok, DIM, ACC)
+    do = _load_tile(do_ptr, bh * LQ, rows, row_ok, dims, dim_ok, DIM, ACC)
     lse = tl.load(lse_ptr + bh * LQ + rows, mask=row_ok, other=0.0)
     delta = tl.load(delta_ptr + bh * LQ + rows, mask=row_ok, other=0.0)
     ends = tl.load(key_end_ptr + rows, mask=row_ok, other=0)
@@ -132,12 +144,9 @@ def _chunk_attention_dq_kernel(
     for j0 in range(0, key_stop, BLOCK_N):
         cols = j0 + tl.arange(0, BLOCK_N)
         col_ok = cols < LK
-        kv_mask = col_ok[:, None] & dim_ok[None, :]
-        k = tl.load(k_ptr + (bh * LK + cols)[:, None] * DIM + dims[None, :], mask=kv_mask, other=0.0).to(ACC)
-        v = tl.load(v_ptr + (bh * LK + cols)[:, None] * DIM + dims[None, :], mask=kv_mask, other=0.0).to(ACC)
-        bias = tl.zeros([BLOCK_N], ACC)
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + (bh // HEADS) * LK + cols, mask=col_ok, other=0.0).to(ACC)
+        k = _load_tile(k_ptr, bh * LK, cols, col_ok, dims, dim_ok, DIM, ACC)
+        v = _load_tile(v_ptr, bh * LK, cols, col_ok, dims, dim_ok, DIM, ACC)
+        bias = _load_key_bias(bias_ptr, bh, HEADS, LK, cols, col_ok, HAS_BIAS, ACC, BLOCK_N)
         _, ds = _probs_and_dscores(q, k, v, do, lse, delta, bias, cols, ends, scale)
         dq += tl.dot(ds, k, input_precision="ieee") * scale
     tl.store(dq_ptr + (bh * LQ + rows)[:, None] * DIM + dims[None, :], dq, mask=q_mask)
