@@ -119,6 +119,7 @@ bool embed_direct_float(const at::Tensor& x, const PatchGeometry& g, const at::T
   });
   return true;
 }
+
 // Backward of the projection weight, float32: grad_W (D, depth) = Σ over every clip's rows of gradᵀ · cols.
 // Per clip, chunks of kGradRows patch rows are gathered in parallel (the chunk stays in L2), then the D
 // output rows are split over threads, each accumulating its block of gradᵀ (a strided view, no transpose
@@ -133,6 +134,10 @@ bool weight_grad_float(const at::Tensor& x, const PatchGeometry& g, const at::Te
   TORCH_CHECK(x.is_contiguous() && x.size(2) * x.size(3) * x.size(4) == g.frame_size() && grad_m.dim() == 4 &&
                   grad_m.size(0) == batch && grad_m.size(1) == frames && grad_m.size(2) == g.tokens,
               "vidsel(cpu): weight gradient bounds");
+  if (batch * rows == 0) {  // nothing flows back (an empty batch)
+    grad_weight = at::zeros({dim, depth}, x.options());
+    return true;
+  }
   grad_weight = at::empty({dim, depth}, x.options());
   at::Tensor cols = at::empty({std::min(kGradRows, rows), depth}, x.options());
   float *gw = grad_weight.data_ptr<float>(), *patches = cols.data_ptr<float>();
