@@ -6,8 +6,9 @@
 // and the key loop simply stops there: tiles above the chunk diagonal are never visited. Scores of one
 // (query tile x key block) live in a small per-thread buffer; the softmax is online (running max and
 // sum), the logsumexp is saved for the backward, which recomputes the scores. No L x L tensor exists.
-// The two products of every block go to the BLAS sgemm/dgemm (MKL in PyTorch's x86 wheels, single
-// threaded inside our parallel region); the softmax loops are `omp simd` with a polynomial exp.
+// The two products of every block run single-threaded inside our parallel region: float32 on the AVX-512
+// tiles of gemm_f32.h (the BLAS without AVX-512), float64 on the BLAS dgemm; the softmax loops are
+// `omp simd` with a polynomial exp.
 // The backward runs one task per (batch, head), which owns that head's dK / dV / dbias; with fewer
 // heads than 2x threads it splits query tiles over threads with per-thread key-gradient buffers.
 #include "cpu/common.h"

@@ -34,11 +34,13 @@ inline void gather_patch(const scalar_t* frame, const PatchGeometry& g, int64_t 
   }
 }
 
+// Patch rows [row0, row0 + rows) of consecutive frames (row = frame * tokens + patch) -> cols (rows, depth).
 template <typename scalar_t>
-void im2col_kernel(const scalar_t* frames, const PatchGeometry& g, int64_t count, scalar_t* cols) {
-  at::parallel_for(0, count * g.tokens, 8, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      gather_patch(frames + (row / g.tokens) * g.frame_size(), g, row % g.tokens, cols + row * g.depth());
+void im2col_kernel(const scalar_t* frames, const PatchGeometry& g, int64_t row0, int64_t rows, scalar_t* cols) {
+  at::parallel_for(0, rows, 8, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t row = row0 + r;
+      gather_patch(frames + (row / g.tokens) * g.frame_size(), g, row % g.tokens, cols + r * g.depth());
     }
   });
 }
@@ -148,12 +150,7 @@ bool weight_grad_float(const at::Tensor& x, const PatchGeometry& g, const at::Te
     const float* clip = x.data_ptr<float>() + b * frames * g.frame_size();
     for (int64_t row0 = 0; row0 < rows; row0 += kGradRows) {
       const int64_t count = std::min(kGradRows, rows - row0);
-      at::parallel_for(0, count, 16, [&](int64_t begin, int64_t end) {
-        for (int64_t r = begin; r < end; ++r) {
-          const int64_t row = row0 + r;
-          gather_patch(clip + (row / g.tokens) * g.frame_size(), g, row % g.tokens, patches + r * depth);
-        }
-      });
+      im2col_kernel(clip, g, row0, count, patches);
       const bool first = b == 0 && row0 == 0;
       at::parallel_for(0, out_blocks, 1, [&](int64_t begin, int64_t end) {
         for (int64_t block = begin; block < end; ++block) {
@@ -207,7 +204,7 @@ struct CpuOps {
                 "vidsel(cpu): im2col bounds");
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "compressed_embed_im2col", [&] {
       const scalar_t* frames = x.data_ptr<scalar_t>() + (b * x.size(1) + f0) * g.frame_size();
-      im2col_kernel<scalar_t>(frames, g, count, cols.data_ptr<scalar_t>());
+      im2col_kernel<scalar_t>(frames, g, 0, count * g.tokens, cols.data_ptr<scalar_t>());
     });
   }
 
