@@ -2,6 +2,15 @@
 
 from vidsel.nn.chunk_attention import ChunkCache, ChunkCausalSelfAttention
 from vidsel.nn.compressed_patch_embed import CompressedPatchEmbed, log_mel_features
+from vidsel.nn.mist_selectors import RegionSelector, SegmentSelector
 from vidsel.nn.token_merging import TokenMerging
 
-__all__ = ["ChunkCache", "ChunkCausalSelfAttention", "CompressedPatchEmbed", "TokenMerging", "log_mel_features"]
+__all__ = [
+    "ChunkCache",
+    "ChunkCausalSelfAttention",
+    "CompressedPatchEmbed",
+    "RegionSelector",
+    "SegmentSelector",
+    "TokenMerging",
+    "log_mel_features",
+]
