@@ -3,8 +3,8 @@
 GFLOPs (`vidsel.flops`, meta device, batch 1): mist_clip vs mist_trans_patch vs mist_trans_frame at
 32, 64, 128 and 256 frames (K = frames / 4 segments of T = 4 frames, N = 50, D = 512), with the ratios.
 Throughput: questions/s of eval forwards at batch 4 (float32, inference_mode, ONE thread), mist_clip
-vs mist_trans_patch at 32 and 128 frames, both timed round-robin in the same run after a warm-up
-call each. One thread for the reason given in bench_models_testa: on this shared 2-core machine a
+vs mist_trans_patch at 32 and 128 frames, both timed round-robin in the same run after a batch-1
+warm-up call each. One thread for the reason given in bench_models_testa: on this shared 2-core machine a
 parallel region waits for descheduled sibling threads, and the ratio would measure the load.
 """
 
@@ -52,17 +52,16 @@ def gflops_table() -> Table:
     return table
 
 
-def _round_robin_ms(fns: dict, repeats: int, warmup: int = 1) -> tuple[dict, dict]:
+def _round_robin_ms(fns: dict, repeats: int) -> tuple[dict, dict]:
     """Median wall and process-CPU ms of single calls, one call per contender per round."""
     wall = {name: [] for name in fns}
     cpu = {name: [] for name in fns}
-    for round_index in range(warmup + repeats):
+    for _ in range(repeats):
         for name, fn in fns.items():
             start, start_cpu = time.perf_counter(), time.process_time()
             fn()
-            if round_index >= warmup:
-                wall[name].append(time.perf_counter() - start)
-                cpu[name].append(time.process_time() - start_cpu)
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
     median = lambda d: {name: statistics.median(v) * 1e3 for name, v in d.items()}  # noqa: E731
     return median(wall), median(cpu)
 
@@ -76,7 +75,8 @@ def _forward(model, inputs):
 
 
 def speed_table(profile: str) -> Table:
-    repeats = {32: 5, 128: 3} if profile == "full" else {32: 3, 128: 2}
+    # Trans.-Patch at 128 frames is ~500 GFLOPs per batch (minutes on one loaded core): few rounds.
+    repeats = {32: 5, 128: 3} if profile == "full" else {32: 3, 128: 1}
     batch = 4
     table = Table(
         name="models_mist",
@@ -89,10 +89,12 @@ def speed_table(profile: str) -> Table:
         names = ("mist_trans_patch", "mist_clip")
         models = {n: vidsel.create_model(n, num_segments=frames // T).eval() for n in names}
         inputs = models["mist_clip"].example_inputs(batch)
+        for model in models.values():  # warm-up: one batch-1 call each (allocator, dispatch caches)
+            _forward(model, model.example_inputs(1))()
         wall, cpu = _round_robin_ms({n: _forward(m, inputs) for n, m in models.items()}, rounds)
         for name in names:
             table.rows.append([name, frames, f"{_gmacs(name, frames):.2f}", f"{wall[name] / 1e3:.3f}",
-                               f"{batch * 1e3 / wall[name]:.2f}", f"{wall[names[0]] / wall[name]:.1f}",
+                               f"{batch * 1e3 / wall[name]:.3g}", f"{wall[names[0]] / wall[name]:.1f}",
                                f"{cpu[names[0]] / cpu[name]:.1f}"])
         speedup = wall[names[0]] / wall["mist_clip"]
         if frames == 128:

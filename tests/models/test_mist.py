@@ -212,3 +212,78 @@ def test_bad_inputs_and_configs_raise():
         MISTConfig(topk=9)
     with pytest.raises(ValueError, match="dim=100 must be divisible by num_heads=8"):
         MISTConfig(dim=100)
+
+
+# ------------------------------------------------------------------------------------------------
+# Learning check: synthetic long-form QA where exactly one segment carries the answer
+# ------------------------------------------------------------------------------------------------
+
+QA = dict(num_segments=4, frames_per_segment=2, num_patches=5, dim=32, num_heads=4, topk=1, topj=1, num_layers=2)
+KEYS, VOCAB, CHOICES, WORDS = 6, 96, 4, 3
+
+
+def _qa_task(generator):
+    """Fixed random vectors: question keys (one marks each segment), answer vocabulary, a 'salient' direction."""
+    d = QA["dim"]
+    return torch.randn(KEYS, d, generator=generator), torch.randn(VOCAB, d, generator=generator), torch.randn(
+        d, generator=generator)
+
+
+def _qa_batch(task, batch, generator):
+    """Every segment looks alike: its frames' CLS tokens carry a key (distinct per segment), one patch per
+    frame carries an answer (distinct per segment) on a shared salient direction, the rest is noise. The
+    question's [CLS] word carries the key of one segment; the answer is that segment's answer, among
+    CHOICES candidates. Returns patches, words, candidates, answer index, the answering segment."""
+    keys, vocab, salient = task
+    k, t, n, d = QA["num_segments"], QA["frames_per_segment"], QA["num_patches"], QA["dim"]
+    rows = torch.arange(batch)
+    marker = torch.stack([torch.randperm(KEYS, generator=generator)[:k] for _ in range(batch)])
+    answer = torch.stack([torch.randperm(VOCAB, generator=generator)[:k] for _ in range(batch)])
+    segment = torch.randint(0, k, (batch,), generator=generator)
+    patches = 0.5 * torch.randn(batch, k, t, n, d, generator=generator)
+    patches[:, :, :, 0] += keys[marker][:, :, None]
+    where = torch.randint(1, n, (batch, k, t), generator=generator)
+    patches += torch.nn.functional.one_hot(where, n)[..., None] * (salient + vocab[answer])[:, :, None, None]
+    words = 0.5 * torch.randn(batch, WORDS, d, generator=generator)
+    words[:, 0] += keys[marker[rows, segment]]
+    true = answer[rows, segment]
+    wrong = torch.stack([torch.randperm(VOCAB - 1, generator=generator)[: CHOICES - 1] for _ in range(batch)])
+    wrong += (wrong >= true[:, None]).long()
+    order = torch.stack([torch.randperm(CHOICES, generator=generator) for _ in range(batch)])
+    choices = torch.cat([true[:, None], wrong], dim=1).gather(1, order)
+    candidates = vocab[choices] + 0.1 * torch.randn(batch, CHOICES, d, generator=generator)
+    return patches, words, candidates, (order == 0).long().argmax(dim=1), segment
+
+
+def _train_and_evaluate(name, steps=150, batch=128):
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(1)
+    task = _qa_task(generator)
+    model = vidsel.create_model(name, **QA)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        patches, words, candidates, target, _ = _qa_batch(task, batch, generator)
+        loss = model.loss(model(patches, words, candidates), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    held_out = _qa_batch(task, 1000, torch.Generator().manual_seed(99))
+    model.eval()
+    with torch.no_grad():
+        logits, info = model(*held_out[:3], return_info=True)
+    accuracy = (logits.argmax(dim=1) == held_out[3]).float().mean().item()
+    picked = (info["segments"][:, 0, 0] == held_out[4]).float().mean().item()  # top-scoring segment, layer 1
+    return accuracy, picked
+
+
+def test_learns_synthetic_long_form_qa_and_segment_selection_matters():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny ops: extra threads only wait for each other on a shared machine
+    try:
+        accuracy, picked = _train_and_evaluate("mist_clip")
+        accuracy_wo_ss, _ = _train_and_evaluate("mist_wo_ss")
+    finally:
+        torch.set_num_threads(threads)
+    assert accuracy >= 0.9, f"held-out accuracy {accuracy:.3f}"
+    assert picked >= 0.9, f"right segment picked {picked:.3f} (random: {1 / QA['num_segments']:.2f})"
+    assert accuracy_wo_ss <= accuracy - 0.15, f"w/o SS {accuracy_wo_ss:.3f} vs MIST {accuracy:.3f}"

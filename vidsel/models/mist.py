@@ -15,8 +15,8 @@ Each of the L Iterative Spatial-Temporal Attention layers (ISTA, §3.2, Fig. 4):
      Top_k·T selected frames;
   3. spatial-temporal self-attention, eq. 6: MultiHead([φ_s(S); φ_x(X_st); φ_w(X_w)] + type embeddings);
      the updated segment and word features feed the next layer (q = its first word token).
-Answer (§3.3): X_o = mean over the L layers' outputs (at the question's [CLS] token), and eq. 7
-logits = X_o · X_Aᵀ, trained with softmax cross-entropy (`MIST.loss`).
+Answer (§3.3): X_o = MeanPool of the output tokens of all L layers (padded words left out), and
+eq. 7 logits = X_o · X_Aᵀ, trained with softmax cross-entropy (`MIST.loss`).
 
 Baselines of Table 5 (same inputs, same answer head): "meanpool" (mean of all frame features),
 "trans_frame" (Transformer over frame features + words), "trans_patch" (over all K·T·N patch tokens +
@@ -32,15 +32,16 @@ field can be overridden, e.g. ``create_model("mist_clip", num_segments=32)`` for
 Assumptions where the paper leaves a choice open (the README repeats them):
   * one pre-norm Transformer layer (multi-head attention + 4x MLP) is "the self-attention layer" of an
     ISTA and of each Trans.-Frame / Trans.-Patch / divided-STA layer; the baselines have L layers too;
-  * X_o^(l) is read at the question's [CLS] word token; the baselines' video/question fusion is
-    that token too, or φ_v(video) + φ_w(w_1) for MeanPool and divided STA (uni-modal encoders);
-  * w/o STA: X_o^(l) = φ_w(w_1) + mean of [φ_s(S); φ_x(X_st)], segment and word features unchanged;
+  * "mean pool the token features of all ISTA layers" is read literally: X_o = mean over the layers of
+    the mean over each layer's output tokens (the official code sums the question-[CLS] outputs instead);
+    Trans.-Frame / Trans.-Patch pool their output tokens the same way; MeanPool and divided STA
+    (uni-modal video encoders) fuse φ_v(video) + φ_w(w_1);
+  * w/o STA: X_o^(l) = mean of the tokens [φ_s(S); φ_x(X_st); φ_w(X_w)], segment and word features
+    unchanged;
   * the answer candidates pass through one linear layer before eq. 7;
-  * regions are drawn *without* replacement while training (`region_selector`, the paper and its code
-    draw with replacement): eval keeps Top_j distinct patches, and training with replacement mostly
-    draws the one answer-bearing patch j times, so at eval the head meets j-1 patches it never saw
-    (on the synthetic QA of tests/models/test_mist.py: 97% held-out accuracy with Gumbel noise, 82%
-    with the eval top-j, after training with replacement). Segments keep the paper's default.
+  * eval keeps Top_k / Top_j *distinct* items (deterministic hard top-k), while training draws with
+    replacement (the paper's default) and often draws the one relevant item several times; pass
+    selector / region_selector = "gumbel_no_replacement" for training draws that match eval.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ class MISTConfig:
     num_heads: int = 8
     mlp_ratio: float = 4.0
     selector: str = "gumbel"  # segment selector: "gumbel" | "gumbel_no_replacement" | "attention"
-    region_selector: str = "gumbel_no_replacement"  # distinct patches, as the eval top-j (see module doc)
+    region_selector: str = "gumbel"  # the same choices, for Top_j regions
     tau: float = 1.0  # Gumbel-softmax temperature
     variant: str = "ista"  # "ista" | "meanpool" | "trans_frame" | "trans_patch" | "divided_sta"
     segment_selection: bool = True  # False: MIST w/o SS
@@ -191,6 +192,14 @@ def _with_words(num_video_tokens: int, word_keep: Tensor | None) -> Tensor | Non
     return torch.cat([video, word_keep], dim=1)
 
 
+def _token_mean(tokens: Tensor, keep: Tensor | None) -> Tensor:
+    """Mean over the tokens (B, L, D) -> (B, D), padded words (keep False) left out."""
+    if keep is None:
+        return tokens.mean(dim=1)
+    weights = keep.to(tokens.dtype)[..., None]
+    return (tokens * weights).sum(dim=1) / weights.sum(dim=1)
+
+
 # ------------------------------------------------------------------------------------------------
 # ISTA (§3.2) and the MIST head
 # ------------------------------------------------------------------------------------------------
@@ -200,9 +209,9 @@ class ISTALayer(nn.Module):
     """One Iterative Spatial-Temporal Attention layer (§3.2, Fig. 4).
 
     forward(patches (B, K, T, N, D), segments (B, K, D), words (B, M, D), word_keep (B, M) or None) ->
-        segments (B, K, D), words (B, M, D) updated for the next layer, X_o (B, D) at the question
-        [CLS], segment index (B, k') and region index (B, k'·T, j'), where k' = Top_k (K w/o SS) and
-        j' = Top_j (N w/o RS).
+        segments (B, K, D), words (B, M, D) updated for the next layer, X_o^(l) (B, D) the mean of the
+        output tokens, segment index (B, k') and region index (B, k'·T, j'), where k' = Top_k (K w/o
+        SS) and j' = Top_j (N w/o RS).
     """
 
     def __init__(self, c: MISTConfig):
@@ -237,13 +246,12 @@ class ISTALayer(nn.Module):
         seg_tokens = self.phi_s(segments) + self.type_embed[0]
         region_tokens = self.phi_x(regions) + self.type_embed[1]
         word_tokens = self.phi_w(words) + self.type_embed[2]
-        if self.attention is None:  # MIST w/o STA: mean pooling replaces eq. 6
-            pooled = torch.cat([seg_tokens, region_tokens], dim=1).mean(dim=1) + word_tokens[:, 0]
-            return segments, words, pooled, segment_index, region_index
         tokens = torch.cat([seg_tokens, region_tokens, word_tokens], dim=1)
-        out = self.attention(tokens, _with_words(num_segments + regions.shape[1], word_keep))  # eq. 6
-        new_words = out[:, -words.shape[1]:]
-        return out[:, :num_segments], new_words, new_words[:, 0], segment_index, region_index
+        keep = _with_words(num_segments + regions.shape[1], word_keep)
+        if self.attention is None:  # MIST w/o STA: the tokens are mean pooled instead of eq. 6
+            return segments, words, _token_mean(tokens, keep), segment_index, region_index
+        out = self.attention(tokens, keep)  # eq. 6
+        return out[:, :num_segments], out[:, -words.shape[1]:], _token_mean(out, keep), segment_index, region_index
 
 
 class ISTAHead(nn.Module):
@@ -292,7 +300,7 @@ class PooledFusionHead(nn.Module):
 
 class TokenTransformerHead(nn.Module):
     """Trans.-Frame (K·T frame tokens) or Trans.-Patch (all K·T·N patch tokens): L Transformer layers
-    over [φ_v(video tokens) + type; φ_w(words) + type]; X_o = output at the question [CLS]."""
+    over [φ_v(video tokens) + type; φ_w(words) + type]; X_o = mean of the output tokens."""
 
     def __init__(self, c: MISTConfig, patches: bool):
         super().__init__()
@@ -309,7 +317,7 @@ class TokenTransformerHead(nn.Module):
         keep = _with_words(video.shape[1], word_keep)
         for block in self.blocks:
             x = block(x, keep)
-        return self.norm(x[:, video.shape[1]]), {}
+        return self.norm(_token_mean(x, keep)), {}
 
 
 # ------------------------------------------------------------------------------------------------
