@@ -136,7 +136,8 @@ def test_real_video_through_the_encoder_protocol(tmp_path):
         logits, info = model(patches, words, answers, return_info=True)
     assert logits.shape == (1, 3) and bool(torch.isfinite(logits).all())
     assert info["regions"].shape == (1, 2, 4, 4)
-    other = read_frames(make_video(tmp_path / "b.mp4", size=(32, 32), num_frames=24, audio=None, seed=3).path, 8, size=32)
+    other_video = make_video(tmp_path / "b.mp4", size=(32, 32), num_frames=24, audio=None, seed=3)
+    other = read_frames(other_video.path, 8, size=32)
     with torch.no_grad():
         assert not torch.equal(model(*encode_inputs(encoder, other[None], question, candidates, 4)), logits)
 

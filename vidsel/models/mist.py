@@ -16,13 +16,14 @@ Each of the L Iterative Spatial-Temporal Attention layers (ISTA, §3.2, Fig. 4):
   3. spatial-temporal self-attention, eq. 6: MultiHead([φ_s(S); φ_x(X_st); φ_w(X_w)] + type embeddings);
      the updated segment and word features feed the next layer (q = its first word token).
 Answer (§3.3): X_o = MeanPool of the output tokens of all L layers (padded words left out), and
-eq. 7 logits = X_o · X_Aᵀ, trained with softmax cross-entropy (`MIST.loss`).
+eq. 7 logits = X_o · X_Aᵀ (one linear layer on each side), trained with softmax cross-entropy
+(`MIST.loss`).
 
 Baselines of Table 5 (same inputs, same answer head): "meanpool" (mean of all frame features),
 "trans_frame" (Transformer over frame features + words), "trans_patch" (over all K·T·N patch tokens +
 words), "divided_sta" (TimeSformer divided space-time attention over the patches). Ablations of
 Table 6: w/o SS (region selection on all frames), w/o RS (all N patches of the selected segments),
-w/o STA (mean pool of the segment and region features instead of attention).
+w/o STA (mean pool of the segment, region and word tokens instead of attention).
 
 Registered: mist_clip (K=8, T=4, N=50, D=512, Top_k=2, Top_j=12, L=2, 8 heads, §4.2), mist_meanpool,
 mist_trans_frame, mist_trans_patch, mist_divided_sta, mist_wo_ss, mist_wo_rs, mist_wo_sta. Any config
@@ -38,7 +39,7 @@ Assumptions where the paper leaves a choice open (the README repeats them):
     (uni-modal video encoders) fuse φ_v(video) + φ_w(w_1);
   * w/o STA: X_o^(l) = mean of the tokens [φ_s(S); φ_x(X_st); φ_w(X_w)], segment and word features
     unchanged;
-  * the answer candidates pass through one linear layer before eq. 7;
+  * X_o and the answer candidates pass through one linear layer each before eq. 7;
   * eval keeps Top_k / Top_j *distinct* items (deterministic hard top-k), while training draws with
     replacement (the paper's default) and often draws the one relevant item several times; pass
     selector / region_selector = "gumbel_no_replacement" for training draws that match eval.
@@ -46,7 +47,6 @@ Assumptions where the paper leaves a choice open (the README repeats them):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields, replace
 from typing import Protocol, runtime_checkable
 
@@ -218,12 +218,11 @@ class ISTALayer(nn.Module):
         super().__init__()
         self.config = c
         d = c.dim
-        self.segment_selector = (
-            SegmentSelector(d, c.topk, selector=c.selector, tau=c.tau, impl=c.impl) if c.segment_selection else None
-        )
-        self.region_selector = (
-            RegionSelector(d, c.topj, selector=c.region_selector, tau=c.tau, impl=c.impl) if c.region_selection else None
-        )
+        self.segment_selector = self.region_selector = None
+        if c.segment_selection:
+            self.segment_selector = SegmentSelector(d, c.topk, selector=c.selector, tau=c.tau, impl=c.impl)
+        if c.region_selection:
+            self.region_selector = RegionSelector(d, c.topj, selector=c.region_selector, tau=c.tau, impl=c.impl)
         self.phi_s, self.phi_x, self.phi_w = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
         self.type_embed = nn.Parameter(torch.zeros(3, d))  # φ_h(h), h = segment, region, word
         self.attention = Block(d, c.num_heads, c.mlp_ratio) if c.self_attention else None
@@ -284,7 +283,8 @@ class PooledFusionHead(nn.Module):
 
     def __init__(self, c: MISTConfig, divided: bool):
         super().__init__()
-        self.blocks = nn.ModuleList(DividedBlock(c.dim, c.num_heads, c.mlp_ratio) for _ in range(c.num_layers * divided))
+        depth = c.num_layers if divided else 0
+        self.blocks = nn.ModuleList(DividedBlock(c.dim, c.num_heads, c.mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(c.dim) if divided else nn.Identity()
         self.phi_v, self.phi_w = nn.Linear(c.dim, c.dim), nn.Linear(c.dim, c.dim)
 
@@ -382,7 +382,8 @@ class MIST(nn.Module):
         c = self.config
         for name, value in (("patches", patches), ("words", words), ("answers", answers)):
             if not isinstance(value, Tensor) or not value.is_floating_point():
-                raise TypeError(f"{name} must be a floating-point torch.Tensor, got {getattr(value, 'dtype', type(value))}")
+                got = getattr(value, "dtype", type(value).__name__)
+                raise TypeError(f"{name} must be a floating-point torch.Tensor, got {got}")
         expected = (c.num_segments, c.frames_per_segment, c.num_patches, c.dim)
         if patches.dim() != 5 or tuple(patches.shape[1:]) != expected:
             raise ValueError(f"patches must have shape (B, K, T, N, D) = (B, {', '.join(map(str, expected))}), "
@@ -394,9 +395,12 @@ class MIST(nn.Module):
                                  f"got {tuple(value.shape)}")
         if word_mask is not None:
             if not isinstance(word_mask, Tensor) or word_mask.dtype != torch.bool:
-                raise TypeError(f"word_mask must be a bool tensor (B, M), got {getattr(word_mask, 'dtype', type(word_mask))}")
+                got = getattr(word_mask, "dtype", type(word_mask).__name__)
+                raise TypeError(f"word_mask must be a bool tensor (B, M), got {got}")
             if tuple(word_mask.shape) != tuple(words.shape[:2]):
-                raise ValueError(f"word_mask must have shape (B, M) = {tuple(words.shape[:2])}, got {tuple(word_mask.shape)}")
+                raise ValueError(
+                    f"word_mask must have shape (B, M) = {tuple(words.shape[:2])}, got {tuple(word_mask.shape)}"
+                )
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -459,7 +463,8 @@ class TinyViTEncoder(nn.Module):
 
     def encode_frames(self, frames: Tensor) -> Tensor:
         if frames.dim() != 5 or frames.shape[2] != 3 or tuple(frames.shape[3:]) != (self.img_size,) * 2:
-            raise ValueError(f"frames must have shape (B, F, 3, {self.img_size}, {self.img_size}), got {tuple(frames.shape)}")
+            size = self.img_size
+            raise ValueError(f"frames must have shape (B, F, 3, {size}, {size}), got {tuple(frames.shape)}")
         pixels = frames.float() / 255.0 if frames.dtype == torch.uint8 else frames.float()
         batch = frames.shape[0]
         x = self.patch_embed((rearrange(pixels, "b f c h w -> (b f) c h w") - 0.5) / 0.25)
