@@ -52,6 +52,19 @@ def test_shapes_of_every_variant(name, training):
     assert bool((info["segments"] < c.num_segments).all() and (info["regions"] < c.num_patches).all())
 
 
+@pytest.mark.parametrize("selector", ["gumbel_no_replacement", "attention"])
+def test_appendix_a_selectors_in_the_model(selector):
+    model = small(selector=selector, region_selector=selector, num_layers=1)
+    inputs = model.example_inputs(3)
+    for training in (True, False):
+        logits, info = model.train(training)(*inputs, return_info=True)
+        assert logits.shape == (3, 5) and info["segments"].shape == (3, 1, 2)
+        assert bool((info["segments"][:, 0, 0] != info["segments"][:, 0, 1]).all())  # distinct segments
+    if selector == "attention":
+        names = [n for n, _ in model.named_parameters()]
+        assert not any("selector" in n for n in names)
+
+
 def test_full_size_mist_clip_shapes():
     model = vidsel.create_model("mist_clip").eval()
     with torch.no_grad():
