@@ -2,6 +2,16 @@
 
 from vidsel.nn.chunk_attention import ChunkCache, ChunkCausalSelfAttention
 from vidsel.nn.compressed_patch_embed import CompressedPatchEmbed, log_mel_features
+from vidsel.nn.stts_selectors import AnchorSpatialSelector, ScorerNetwork, TemporalSelector
 from vidsel.nn.token_merging import TokenMerging
 
-__all__ = ["ChunkCache", "ChunkCausalSelfAttention", "CompressedPatchEmbed", "TokenMerging", "log_mel_features"]
+__all__ = [
+    "AnchorSpatialSelector",
+    "ChunkCache",
+    "ChunkCausalSelfAttention",
+    "CompressedPatchEmbed",
+    "ScorerNetwork",
+    "TemporalSelector",
+    "TokenMerging",
+    "log_mel_features",
+]
