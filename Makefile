@@ -24,7 +24,7 @@ info: build
 	$(PY) -m vidsel.info
 
 # Whole suite: Triton kernels under the interpreter on CPU tensors, C++ CPU kernels, references,
-# and the proof that csrc/cuda compiled and linked (tests/test_cuda_build.py).
+# and the proof that csrc/cuda compiled and linked (tests/ops/test_cuda_build.py).
 test: build
 	$(PY) -m vidsel.info
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -p no:cacheprovider tests

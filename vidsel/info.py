@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import platform
 import sys
 
@@ -12,16 +13,12 @@ import vidsel.ops  # noqa: F401  (registers the ops)
 from vidsel import _backends
 
 def _collect_ops() -> dict[str, tuple[str, ...]]:
-    """Public op module name -> the backends it implements (its SUPPORTED_IMPLS)."""
-    import importlib
-    import pkgutil
-
+    """Public op (a function of vidsel.ops) -> the backends it implements (its module's SUPPORTED_IMPLS)."""
     ops = {}
-    for module_info in pkgutil.iter_modules(vidsel.ops.__path__):
-        if module_info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"vidsel.ops.{module_info.name}")
-        ops[module_info.name] = getattr(module, "SUPPORTED_IMPLS", ("reference",))
+    for name in vidsel.ops.__all__:
+        function = getattr(vidsel.ops, name)
+        if inspect.isfunction(function):
+            ops[name] = getattr(sys.modules[function.__module__], "SUPPORTED_IMPLS", ("reference",))
     return ops
 
 

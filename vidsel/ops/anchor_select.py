@@ -23,7 +23,7 @@ from torch.utils.flop_counter import register_flop_formula
 from vidsel import _backends
 from vidsel.ops._dispatch import run_backend
 from vidsel.ops._validation import check_choice, check_finite, check_tensor
-from vidsel.reference import selection as reference
+from vidsel.reference import anchor_select as reference
 
 SUPPORTED_IMPLS = ("reference", "cpu", "triton", "cuda")
 MODES = ("hard", "perturbed")

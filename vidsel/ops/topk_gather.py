@@ -20,7 +20,7 @@ from torch.utils.flop_counter import register_flop_formula
 
 from vidsel import _backends
 from vidsel.ops._validation import check_int, check_tensor
-from vidsel.reference import selection as reference
+from vidsel.reference import topk_gather as reference
 
 SUPPORTED_IMPLS = ("reference", "cpu", "triton", "cuda")
 
@@ -87,8 +87,8 @@ def _backward_setup(ctx, inputs, output):
 
 
 def _backward_backward(ctx, grad):
-    """The scatter's adjoint is the gather of the same rows (merge's gather_rows op)."""
-    from vidsel.ops.merge import _gather_rows
+    """The scatter's adjoint is the gather of the same rows (the gather_rows op of token merging)."""
+    from vidsel.ops.token_merging import _gather_rows
 
     (index,) = ctx.saved_tensors
     return _gather_rows(grad.contiguous(), index, None, ctx.impl), None, None, None

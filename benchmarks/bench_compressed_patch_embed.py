@@ -71,7 +71,7 @@ def run(profile: str) -> list[Table]:
     contenders = _contenders(params)
     fwd_rounds, fb_rounds = (31, 11) if profile == "full" else (15, 7)
     table = Table(
-        name="compressed_embed",
+        name="compressed_patch_embed",
         title=f"compressed patch embedding (MM-ViT eq. 1–4), B={BATCH}, T={FRAMES}, {SIZE}², D={DIM}, P={PATCH}, "
         f"float32, {torch.get_num_threads()} threads",
         columns=["motion g", "contender", "fwd ms", "fwd+bwd ms", "fwd speed-up", "fwd+bwd speed-up",

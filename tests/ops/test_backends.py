@@ -12,7 +12,7 @@ import vidsel
 import vidsel.ops
 from vidsel import _backends
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ALL = ("reference", "cpu", "triton", "cuda")
 
 
