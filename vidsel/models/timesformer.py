@@ -239,8 +239,8 @@ class TimeSformer(nn.Module):
         num_classes: size of the head on CLS, or None for no head.
         weight_init: "vit" — every Linear / Conv truncated-normal and LayerNorm unit (timm's ViT,
             `init_vit_weights`), embeddings drawn first; "torch" — PyTorch's default layer init,
-            embeddings drawn last. Both draw the CLS / position / time embeddings from N(0, 0.02²)
-            truncated; the order of the draws fixes which weights a given seed gives.
+            embeddings drawn last. Both draw the CLS / position / time embeddings with
+            `trunc_normal_(std=0.02)`; the order of the draws fixes which weights a seed gives.
     """
 
     def __init__(self, *, num_frames: int = 8, img_size: int = 224, patch_size: int = 16, in_chans: int = 3,
