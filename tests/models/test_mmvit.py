@@ -173,8 +173,9 @@ def test_window_attention_matches_per_window_attention():
             tokens = torch.cat([layer.norm(cls), window], dim=1)
             result = _explicit_attention(layer.attn, tokens)
             copies.append(result[0, 0])
-            expected = x[0, s, t].reshape(4, 4, 16)[2 * wy:2 * wy + 2, 2 * wx:2 * wx + 2] + result[0, 1:].reshape(2, 2, 16)
-            assert_close(out[0, s, t].reshape(4, 4, 16)[2 * wy:2 * wy + 2, 2 * wx:2 * wx + 2], expected)
+            rows, cols = slice(2 * wy, 2 * wy + 2), slice(2 * wx, 2 * wx + 2)
+            expected = x[0, s, t].reshape(4, 4, 16)[rows, cols] + result[0, 1:].reshape(2, 2, 16)
+            assert_close(out[0, s, t].reshape(4, 4, 16)[rows, cols], expected)
         assert_close(cls_out[0, 0], cls[0, 0] + torch.stack(copies).mean(0))
         _, out = temporal(cls, x)
         for w in range(2):

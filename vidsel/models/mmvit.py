@@ -58,7 +58,6 @@ ORDERS = {
     "iii": tuple("".join(p) for p in itertools.permutations("TMS")),
     "iv": tuple("".join(p) for p in itertools.permutations("TMS")),
 }
-ORDERS_III = ORDERS["iii"]  # Table 2's six orders
 
 
 @dataclass
@@ -90,7 +89,7 @@ class MMViTConfig:
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
         if self.order is None:
-            self.order = ORDERS[self.variant][0] if self.variant != "iii" and self.variant != "iv" else "TMS"
+            self.order = ORDERS[self.variant][0]  # "TMS" first for III / IV
         if self.order not in ORDERS[self.variant]:
             raise ValueError(f"order={self.order!r} is not an attention order of MM-ViT {self.variant.upper()}; "
                              f"expected one of {ORDERS[self.variant]}")
