@@ -36,6 +36,9 @@ PAPER = {  # Table 1 (UCF-101, all four modalities): params (M), TFLOPs
 TIMED = ("mmvit_i", "mmvit_ii", "mmvit_iii_merged", "mmvit_iv")
 TIMESFORMER = "timesformer_f8"
 SIZE, FRAMES, SECONDS, FPS = 224, 8, 4, 25
+NOTE_THROUGHPUT = (
+    "The machine is shared with other jobs, so compare rows of one run, not absolute numbers; GFLOP/s = counted "
+    "multiply-adds / wall time.")
 RGB_MEAN, RGB_STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
 
 
@@ -131,6 +134,7 @@ def speed_tables(profile: str, reports: dict) -> list[Table]:
         tflops = reports[name].gmacs / 1e3
         throughput.rows.append([name, f"{tflops:.3f}", f"{seconds[name]:.2f}", f"{1 / seconds[name]:.4f}",
                                 f"{tflops * 1e3 / seconds[name]:.1f}", f"{seconds['mmvit_i'] / seconds[name]:.2f}"])
+    throughput.notes.append(NOTE_THROUGHPUT)
     end_to_end = Table(
         name="e2e_mmvit",
         title=f"File -> logits, one {SIZE}² MPEG-4 file ({SECONDS} s @ {FPS} fps, GOP 12), T = {FRAMES}, 1 thread",
