@@ -374,3 +374,14 @@ def test_motion_vectors_carry_the_direction_and_iframes_do_not(direction_data):
     train, test = direction_data
     assert _train_and_evaluate("M", train, test) >= 0.95
     assert _train_and_evaluate("I", train, test) <= 0.40
+
+
+def test_forward_clips_takes_h264_motion_at_its_block_size(tmp_path):
+    video = make_video(tmp_path / "h264.mp4", codec="libx264", size=(64, 64), num_frames=16, fps=8, motion=(2, 0))
+    clip = vio.read_compressed(video.path, 4)
+    assert clip.block_size == 4 and clip.motion.shape == (4, 2, 16, 16)
+    model = vidsel.create_model("mmvit_iv", **LEARN).eval()
+    with torch.no_grad():
+        logits = model.forward_clips([clip, clip])
+    assert logits.shape == (2, 4) and torch.isfinite(logits).all()
+    assert_close(logits[0], logits[1])
