@@ -3,8 +3,9 @@ module yet — so no module depends on another having been imported before it, a
 import each other in a way that only works in one order (an import cycle).
 
 One helper interpreter imports the third-party libraries once (torch, torchvision, triton, ...,
-never vidsel), then forks one child per module: each child starts with no vidsel module loaded and
-imports only its module (a few children at a time). vidsel.kernels (the Triton kernels) is included when triton imports.
+never vidsel), then forks one child per module (a few at a time): each child starts with no vidsel
+module loaded and imports only its module. vidsel.kernels (the Triton kernels) is included when
+triton imports.
 """
 
 import importlib.util
