@@ -153,7 +153,7 @@ def build_stts(name: str, **overrides) -> nn.Module:
 
 
 # Paper GFLOPs (STTS Tables 2, 4 and 7, fvcore convention, one view). S0.6@0 and S0.3@4 do not
-# reproduce as labelled (see tests/test_flops_stts.py and the README); they are listed for the note.
+# reproduce as labelled (see tests/models/test_flops_stts.py and the README); they are listed for the note.
 PAPER_GFLOPS = {
     "mvit_b16": 70.5,
     "mvit_b16-T0.6@0": 41.3,
