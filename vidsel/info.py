@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import platform
 import sys
 
@@ -11,15 +10,11 @@ import torch
 import vidsel
 import vidsel.ops  # noqa: F401  (registers the ops)
 from vidsel import _backends
+from vidsel.ops._dispatch import REGISTRY
 
 def _collect_ops() -> dict[str, tuple[str, ...]]:
-    """Public op (a function of vidsel.ops) -> the backends it implements (its module's SUPPORTED_IMPLS)."""
-    ops = {}
-    for name in vidsel.ops.__all__:
-        function = getattr(vidsel.ops, name)
-        if inspect.isfunction(function):
-            ops[name] = getattr(sys.modules[function.__module__], "SUPPORTED_IMPLS", ("reference",))
-    return ops
+    """Custom op (torch.ops.vidsel.<name>) -> the backends it implements, as declared beside its schema."""
+    return {name: op.supported for name, op in REGISTRY.items()}
 
 
 def report() -> str:
@@ -33,10 +28,10 @@ def report() -> str:
     status = _backends.backend_status()
     for name, st in status.items():
         lines.append(f"  {name:<10} {'yes' if st.built else 'no ':<4} {st.reason}")
-    lines += ["", "ops (backends usable for CPU tensors here / implemented):"]
+    lines += ["", "custom ops (backends usable for CPU tensors here / implemented):"]
     for op, supported in sorted(_collect_ops().items()):
         usable = _backends.available_impls("cpu", supported)
-        lines.append(f"  {op:<24} {', '.join(usable):<28} / {', '.join(supported)}")
+        lines.append(f"  {op:<32} {', '.join(usable):<28} / {', '.join(supported)}")
     return "\n".join(lines)
 
 

@@ -6,7 +6,7 @@
 //   forward   counts[b, i, l] += 1 when l is the i-th selected item          -> P = counts / n
 //   backward  g_s = sum_i G[b, i, l_i];  acc[b, :] += g_s Z_s                  -> grad = acc / (n sigma)
 // The noise is regenerated in backward; only O(L) scratch per thread exists, never (B, n, L) noise
-// or (B, n, k, L) one-hots. Work is split over (row, chunk of samples) tasks with private
+// or (B, n, k, L) one-hots. Work is split over (row, chunk of samples) jobs with private
 // accumulators, summed per row afterwards in a fixed order (deterministic).
 //
 // perturbed_topk_select's product Y^T x (STTS eq. 9) for sparse indicator matrices.
@@ -31,7 +31,7 @@ namespace {
 
 // ---------------------------------------------------------------- perturbed top-k
 
-// Scratch of one task: the perturbed values, the noise, selection buffers and the Philox scratch.
+// Scratch of one job: the perturbed values, the noise, selection buffers and the Philox scratch.
 struct SampleScratch {
   std::vector<double> values, noise, buffer_a, buffer_b;
   std::vector<int64_t> selected;  // the k selected positions, ascending (+1 slot for branch-free writes)
@@ -99,11 +99,11 @@ void select_sample(const double* scores, int64_t length, int64_t k, double sigma
   }
 }
 
-struct TaskGrid {
+struct JobGrid {
   int64_t chunks, per_chunk;  // samples of each row split into `chunks` chunks of `per_chunk`
 };
 
-TaskGrid task_grid(int64_t batch, int64_t num_samples) {
+JobGrid job_grid(int64_t batch, int64_t num_samples) {
   const int64_t want = std::max<int64_t>(1, (4 * at::get_num_threads() + batch - 1) / batch);
   const int64_t chunks = std::min<int64_t>(num_samples, want);
   return {chunks, (num_samples + chunks - 1) / chunks};
@@ -126,19 +126,19 @@ at::Tensor perturbed_topk_cpu(const at::Tensor& scores_in, int64_t k, int64_t nu
   check_args(scores_in, k, num_samples, sigma, seed);
   const at::Tensor scores = scores_in.to(at::kDouble).contiguous();
   const int64_t batch = scores.size(0), length = scores.size(1);
-  const TaskGrid grid = task_grid(batch, num_samples);
+  const JobGrid grid = job_grid(batch, num_samples);
   const philox::Key key = philox::key_from_seed(seed);
   std::vector<int32_t> counts(batch * grid.chunks * k * length, 0);
   const double* scores_ptr = scores.data_ptr<double>();
   at::parallel_for(0, batch * grid.chunks, 1, [&](int64_t begin, int64_t end) {
     SampleScratch scratch(length, k);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / grid.chunks, s0 = (task % grid.chunks) * grid.per_chunk;
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t b = job / grid.chunks, s0 = (job % grid.chunks) * grid.per_chunk;
       const int64_t s1 = std::min(num_samples, s0 + grid.per_chunk);
-      int32_t* task_counts = counts.data() + task * k * length;
+      int32_t* job_counts = counts.data() + job * k * length;
       for (int64_t s = s0; s < s1; ++s) {
         select_sample(scores_ptr + b * length, length, k, sigma, key, b, s, scratch);
-        for (int64_t i = 0; i < k; ++i) task_counts[i * length + scratch.selected[i]] += 1;
+        for (int64_t i = 0; i < k; ++i) job_counts[i * length + scratch.selected[i]] += 1;
       }
     }
   });
@@ -169,7 +169,7 @@ at::Tensor perturbed_topk_backward_cpu(const at::Tensor& grad_in, const at::Tens
   if (sigma == 0) return at::zeros_like(scores_in);
   const at::Tensor scores = scores_in.to(at::kDouble).contiguous();
   const at::Tensor grad = grad_in.contiguous();  // read in its own dtype: no float64 copy
-  const TaskGrid grid = task_grid(batch, num_samples);
+  const JobGrid grid = job_grid(batch, num_samples);
   const philox::Key key = philox::key_from_seed(seed);
   std::vector<double> partial(batch * grid.chunks * length, 0.0);
   const double* scores_ptr = scores.data_ptr<double>();
@@ -177,11 +177,11 @@ at::Tensor perturbed_topk_backward_cpu(const at::Tensor& grad_in, const at::Tens
   const scalar_t* grad_ptr = grad.data_ptr<scalar_t>();
   at::parallel_for(0, batch * grid.chunks, 1, [&](int64_t begin, int64_t end) {
     SampleScratch scratch(length, k);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / grid.chunks, s0 = (task % grid.chunks) * grid.per_chunk;
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t b = job / grid.chunks, s0 = (job % grid.chunks) * grid.per_chunk;
       const int64_t s1 = std::min(num_samples, s0 + grid.per_chunk);
       const scalar_t* g_row = grad_ptr + b * k * length;
-      double* acc = partial.data() + task * length;
+      double* acc = partial.data() + job * length;
       for (int64_t s = s0; s < s1; ++s) {
         select_sample(scores_ptr + b * length, length, k, sigma, key, b, s, scratch);
         double g_s = 0;  // <G, Y_s>

@@ -28,13 +28,11 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from vidsel import _backends
-from vidsel.ops._dispatch import run_backend
+from vidsel.ops._dispatch import OpBackends, resolve, run_backend
 from vidsel.ops._validation import check_choice, check_finite, check_int, check_tensor
 from vidsel.reference import token_merging as reference
 
 PARTITIONS = {"alternate": reference.ALTERNATE, "importance": reference.IMPORTANCE}
-SUPPORTED_IMPLS = ("reference", "cpu", "triton", "cuda")
 
 
 class Matching(NamedTuple):
@@ -65,22 +63,6 @@ def _partition_sizes(n: int, r: int, kind: int, protected: int) -> tuple[int, in
     return ((free + 1) // 2, free // 2) if kind == reference.ALTERNATE else (r, free - r)
 
 
-@torch.library.custom_op("vidsel::bipartite_match", mutates_args=())
-def _bipartite_match(
-    metric: Tensor, r: int, partition: int, importance: Optional[Tensor], protected: int, impl: str
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    check_finite("metric", metric)
-    if importance is not None:
-        check_finite("importance", importance)
-    if impl == "reference":
-        return reference.bipartite_match(metric, r, partition, importance, protected)
-    if impl in ("cpu", "cuda"):
-        return tuple(torch.ops.vidsel_C.bipartite_match(metric, r, partition, importance, protected))
-    if impl == "triton":
-        return _bipartite_match_triton(metric, r, partition, importance, protected)
-    raise ValueError(f"bipartite_match: unknown impl {impl!r}")
-
-
 def _bipartite_match_triton(metric, r, kind, importance, protected):
     """Triton fuses similarity + row max/argmax; the small (B, |A|) selection runs in PyTorch."""
     from vidsel.kernels.token_merging import best_partner
@@ -94,6 +76,21 @@ def _bipartite_match_triton(metric, r, kind, importance, protected):
         take = lambda pos: metric.gather(1, pos.unsqueeze(-1).expand(-1, -1, c))  # noqa: E731
         scores, partner = best_partner(take(a_pos), take(b_pos))
     return reference.matching_from_partners(n, r, kind, a_pos, b_pos, scores, partner)
+
+
+BIPARTITE_MATCH = OpBackends("bipartite_match", reference=reference.bipartite_match, triton=_bipartite_match_triton)
+SCATTER_ROWS = OpBackends("scatter_rows", reference=reference.scatter_rows, triton="token_merging")
+GATHER_ROWS = OpBackends("gather_rows", reference=reference.gather_rows, triton="token_merging")
+
+
+@torch.library.custom_op("vidsel::bipartite_match", mutates_args=())
+def _bipartite_match(
+    metric: Tensor, r: int, partition: int, importance: Optional[Tensor], protected: int, impl: str
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    check_finite("metric", metric)
+    if importance is not None:
+        check_finite("importance", importance)
+    return tuple(run_backend(BIPARTITE_MATCH, impl, metric, r, partition, importance, protected))
 
 
 @_bipartite_match.register_fake
@@ -151,21 +148,18 @@ def bipartite_match(
         if importance is None:
             raise ValueError("partition='importance' needs importance of shape (B, N)")
         check_tensor("importance", importance, floating=True, like=metric, shape=(batch, n))
-    impl = _backends.resolve_impl("bipartite_match", impl, metric.device, SUPPORTED_IMPLS)
+    impl = resolve("bipartite_match", impl, metric.device, BIPARTITE_MATCH)
     return Matching(*_bipartite_match(metric, r, kind, importance, protected, impl))
 
 
 @torch.library.custom_op("vidsel::scatter_rows", mutates_args=())
 def _scatter_rows(x: Tensor, dst_index: Tensor, weight: Optional[Tensor], n_out: int, impl: str) -> Tensor:
-    return run_backend(
-        impl, "scatter_rows", reference.scatter_rows, "token_merging",
-        x, dst_index, weight, n_out,
-    )
+    return run_backend(SCATTER_ROWS, impl, x, dst_index, weight, n_out)
 
 
 @torch.library.custom_op("vidsel::gather_rows", mutates_args=())
 def _gather_rows(y: Tensor, dst_index: Tensor, weight: Optional[Tensor], impl: str) -> Tensor:
-    return run_backend(impl, "gather_rows", reference.gather_rows, "token_merging", y, dst_index, weight)
+    return run_backend(GATHER_ROWS, impl, y, dst_index, weight)
 
 
 @_scatter_rows.register_fake
@@ -273,7 +267,7 @@ def merge(x: Tensor, matching: Matching, size: Tensor | None = None, impl: str =
         size_flat = size.reshape(batch, n)
     size_merged = size_flat.new_zeros(batch, n_out).scatter_add(1, matching.dst_index, size_flat)
     weight = size_flat / size_merged.gather(1, matching.dst_index)
-    impl = _backends.resolve_impl("merge", impl, x.device, SUPPORTED_IMPLS)
+    impl = resolve("merge", impl, x.device, SCATTER_ROWS, GATHER_ROWS)
     merged = _scatter_rows(rows, matching.dst_index, weight, n_out, impl)
     size_out = size_merged if size is None else size_merged.reshape(batch, n_out, *size.shape[2:])
     return merged.reshape(batch, n_out, *x.shape[2:]), size_out
@@ -288,7 +282,7 @@ def unmerge(x_merged: Tensor, matching: Matching, impl: str = "auto") -> Tensor:
         raise ValueError(
             f"x_merged must have shape (B={batch}, N-r={matching.num_output}, ...), got {tuple(x_merged.shape)}"
         )
-    impl = _backends.resolve_impl("unmerge", impl, x_merged.device, SUPPORTED_IMPLS)
+    impl = resolve("unmerge", impl, x_merged.device, SCATTER_ROWS, GATHER_ROWS)
     rows = x_merged.reshape(batch, matching.num_output, -1)
     return _gather_rows(rows, matching.dst_index, None, impl).reshape(batch, n, *x_merged.shape[2:])
 
@@ -304,6 +298,6 @@ def merge_source(matching: Matching, source: Tensor | None = None, impl: str = "
     if source is None:
         source = torch.eye(n, dtype=torch.bool, device=matching.dst_index.device).expand(batch, n, n)
     check_tensor("source", source, ndim=3, dtypes=(torch.bool,), like=matching.dst_index, shape=(batch, n, None))
-    impl = _backends.resolve_impl("merge_source", impl, source.device, SUPPORTED_IMPLS)
+    impl = resolve("merge_source", impl, source.device, SCATTER_ROWS)
     covered = _scatter_rows(source.to(torch.float32), matching.dst_index, None, matching.num_output, impl)
     return covered > 0

@@ -12,7 +12,9 @@ from vidsel.reference.anchor_select import (  # noqa: F401
     anchor_scores_backward,
     hard_anchor_index,
 )
-from vidsel.reference.topk_gather import gather_rows, scatter_rows, topk_gather, topk_indices  # noqa: F401
+from vidsel.reference.topk_gather import gather_rows, topk_gather, topk_gather_backward, topk_indices  # noqa: F401
+
+scatter_rows = topk_gather_backward  # its name here before
 
 warnings.warn(
     "vidsel.reference.selection is deprecated and will be removed; import vidsel.reference.topk_gather "

@@ -23,7 +23,7 @@ def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
-def scatter_rows(grad: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
+def topk_gather_backward(grad: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
     """Adjoint of gather_rows for distinct indices: (B, k, D) -> (B, n, D), zero rows elsewhere."""
     out = grad.new_zeros(grad.shape[0], n, grad.shape[2])
     return out.scatter(1, index.unsqueeze(-1).expand(-1, -1, grad.shape[2]), grad)
