@@ -29,7 +29,7 @@ class _SttsPerturbedTopK(torch.autograd.Function):
     @staticmethod
     def forward(ctx, scores, k, num_samples, sigma):
         b, d = scores.shape
-        noise = torch.normal(mean=0.0, std=1.0, size=(b, num_samples, d), dtype=scores.dtype)
+        noise = torch.normal(mean=0.0, std=1.0, size=(b, num_samples, d), dtype=scores.dtype, device=scores.device)
         perturbed = scores[:, None, :] + noise * sigma
         indices = torch.topk(perturbed, k=k, dim=-1, sorted=False).indices
         indices = torch.sort(indices, dim=-1).values
@@ -43,6 +43,11 @@ class _SttsPerturbedTopK(torch.autograd.Function):
         one_hot, noise = ctx.saved_tensors
         expected_gradient = torch.einsum("bnkd,bne->bkde", one_hot, noise) / (ctx.num_samples * ctx.sigma)
         return torch.einsum("bkd,bkde->be", grad, expected_gradient), None, None, None
+
+
+def stts_perturbed_topk(scores, k, num_samples, sigma):
+    """The STTS repository's formulation of the perturbed top-k indicators (B, k, L), on scores' device."""
+    return _SttsPerturbedTopK.apply(scores, k, num_samples, sigma)
 
 
 class _PlainPerturbedTopK(torch.autograd.Function):
