@@ -32,6 +32,12 @@ def report() -> str:
     for op, supported in sorted(_collect_ops().items()):
         usable = _backends.available_impls("cpu", supported)
         lines.append(f"  {op:<32} {', '.join(usable):<28} / {', '.join(supported)}")
+    lines += ["", "impl='auto' on CUDA tensors (first usable of the order; why):"]
+    for name, op in sorted(REGISTRY.items()):
+        order = ("triton", "cuda") if op.gpu_auto == "triton" else ("cuda", "triton")
+        chosen = next((b for b in order if b in op.supported), "reference")
+        reason = op.gpu_auto_reason if chosen == op.gpu_auto else "its only GPU backend"
+        lines.append(f"  {name:<32} {chosen:<8} {reason}")
     return "\n".join(lines)
 
 

@@ -31,6 +31,10 @@ from vidsel import _backends
 
 REGISTRY: dict[str, "OpBackends"] = {}
 
+# For GEMM-shaped ops: impl="auto" on CUDA tensors takes the Triton kernel (OpBackends(..., **PREFER_TRITON_ON_GPU)).
+PREFER_TRITON_ON_GPU = dict(gpu_auto="triton",
+                            gpu_auto_reason="Triton kernel: tensor-core tiles (the CUDA C++ kernel is SIMT fp32)")
+
 
 @dataclass(frozen=True)
 class OpBackends:
@@ -39,14 +43,21 @@ class OpBackends:
     reference: the PyTorch implementation, called with the op's arguments minus `impl`.
     triton: module of vidsel.kernels holding a launcher called `name`, a callable, or None (no Triton backend).
     compiled: whether csrc registers CPU and CUDA kernels for it.
+    gpu_auto: the backend impl="auto" prefers for CUDA tensors, "cuda" or "triton"; gpu_auto_reason says why
+        (shown by `python -m vidsel.info`). GEMM-shaped ops whose CUDA C++ kernel has no tensor-core path
+        prefer the Triton kernel, which feeds fp16/bf16 (and tf32) tiles to the tensor cores.
     """
 
     name: str
     reference: Callable
     triton: str | Callable | None = None
     compiled: bool = True
+    gpu_auto: str = "cuda"
+    gpu_auto_reason: str = "the CUDA C++ kernel"
 
     def __post_init__(self):
+        if self.gpu_auto not in ("cuda", "triton"):
+            raise ValueError(f"custom op {self.name!r}: gpu_auto must be 'cuda' or 'triton', got {self.gpu_auto!r}")
         if self.name in REGISTRY:
             raise ValueError(f"custom op {self.name!r} declares its backends twice")
         REGISTRY[self.name] = self
@@ -80,6 +91,9 @@ def supported(*ops: OpBackends) -> tuple[str, ...]:
 def resolve(public_name: str, impl: str, device: torch.device, *ops: OpBackends) -> str:
     """The concrete backend a call of public function `public_name` runs, built on custom ops `ops`.
 
-    See vidsel._backends.resolve_impl: explicit choices never fall back, "auto" picks by device.
+    See vidsel._backends.resolve_impl: explicit choices never fall back, "auto" picks by device (on CUDA
+    tensors the Triton kernel first when any of `ops` declares gpu_auto="triton").
     """
-    return _backends.resolve_impl(public_name, impl, device, supported(*ops))
+    prefer_triton = any(op.gpu_auto == "triton" for op in ops)
+    gpu_order = ("triton", "cuda", "reference") if prefer_triton else ("cuda", "triton", "reference")
+    return _backends.resolve_impl(public_name, impl, device, supported(*ops), gpu_order=gpu_order)

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from vidsel.ops._dispatch import OpBackends, resolve, run_backend
+from vidsel.ops._dispatch import PREFER_TRITON_ON_GPU, OpBackends, resolve, run_backend
 from vidsel.ops._validation import check_int, check_tensor
 from vidsel.reference import chunk_attention as reference
 
@@ -53,9 +53,10 @@ def _reference_backward(grad_out, q, k, v, out, lse, key_end, first_row, key_bia
 
 # The fused kernels take the layout; the reference rebuilds its dense mask from key_end. The CPU backward
 # walks query tiles and needs only key_end; the key-major GPU backward kernels start at first_row.
-CHUNK_ATTENTION = OpBackends("chunk_attention", reference=reference.chunk_causal_attention, triton="chunk_attention")
+CHUNK_ATTENTION = OpBackends("chunk_attention", reference=reference.chunk_causal_attention, triton="chunk_attention",
+                             **PREFER_TRITON_ON_GPU)
 CHUNK_ATTENTION_BACKWARD = OpBackends("chunk_attention_backward", reference=_reference_backward,
-                                      triton="chunk_attention")
+                                      triton="chunk_attention", **PREFER_TRITON_ON_GPU)
 
 
 @torch.library.custom_op("vidsel::chunk_attention", mutates_args=())

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from vidsel.ops._dispatch import OpBackends, resolve, run_backend
+from vidsel.ops._dispatch import PREFER_TRITON_ON_GPU, OpBackends, resolve, run_backend
 from vidsel.ops._validation import check_choice, check_finite, check_int, check_tensor
 from vidsel.reference import token_merging as reference
 
@@ -78,7 +78,8 @@ def _bipartite_match_triton(metric, r, kind, importance, protected):
     return reference.matching_from_partners(n, r, kind, a_pos, b_pos, scores, partner)
 
 
-BIPARTITE_MATCH = OpBackends("bipartite_match", reference=reference.bipartite_match, triton=_bipartite_match_triton)
+BIPARTITE_MATCH = OpBackends("bipartite_match", reference=reference.bipartite_match, triton=_bipartite_match_triton,
+                             **PREFER_TRITON_ON_GPU)
 SCATTER_ROWS = OpBackends("scatter_rows", reference=reference.scatter_rows, triton="token_merging")
 GATHER_ROWS = OpBackends("gather_rows", reference=reference.gather_rows, triton="token_merging")
 
