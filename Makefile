@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.vidsel-deps
 export MAX_JOBS ?= 2
 
-.PHONY: setup build test test-fast bench bench-full info clean
+.PHONY: setup build test test-fast bench bench-full info clean gpu-check
 
 setup: $(STAMP)
 
@@ -24,7 +24,7 @@ info: build
 	$(PY) -m vidsel.info
 
 # Whole suite: Triton kernels under the interpreter on CPU tensors, C++ CPU kernels, references,
-# and the proof that csrc/cuda compiled and linked (tests/test_cuda_build.py).
+# and the proof that csrc/cuda compiled and linked (tests/ops/test_cuda_build.py).
 test: build
 	$(PY) -m vidsel.info
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -p no:cacheprovider tests
@@ -34,6 +34,24 @@ bench: build
 
 bench-full: build
 	$(PY) -m benchmarks.run --full
+
+# On one H100/H200 from a fresh clone: set up, build (csrc/cuda for sm_90), run the CUDA-device tests (every
+# backend comparison on CUDA tensors, compiled Triton included) and the GPU benchmark, which writes
+# benchmarks/results/gpu.{json,md}. Without an NVIDIA GPU it says so and exits 0. DRY=1 runs the
+# benchmark script end to end on CPU (Triton interpreter, tiny shapes); `make test` covers that too.
+gpu-check:
+ifeq ($(DRY),1)
+	$(MAKE) build
+	TRITON_INTERPRET=1 $(PY) -m benchmarks.gpu_check --dry-run --out build/gpu-check-dry
+else
+	@if ! nvidia-smi -L >/dev/null 2>&1; then \
+		echo "gpu-check: no NVIDIA GPU on this machine; nothing to check (make gpu-check DRY=1 runs it on CPU)"; \
+	else \
+		$(MAKE) build && \
+		$(PY) -m pytest -q -p no:cacheprovider tests -k cuda && \
+		$(PY) -m benchmarks.gpu_check; \
+	fi
+endif
 
 clean:
 	rm -rf build vidsel/*.so

@@ -1,9 +1,11 @@
-"""Issue 2 benchmark: bipartite match + size-weighted merge, CPU float32.
+"""Bipartite match + size-weighted merge (TESTA §3.2.2, ToMe), forward, CPU float32.
 
-B=8, N=1568 (8 frames x 196 patches), metric C=64, x D=768 with a size vector, r=392, forward.
+What: B=8, N=1568 (8 frames x 196 patches), metric C=64, x D=768 with a size vector, r=392, forward.
 Contenders: vidsel cpu backend; a ToMe-style eager PyTorch baseline (materialised scores, argsort,
 gathers, scatter_reduce, cat, x*size and divide passes, written here); torch.compile of that baseline;
 floors: bmm(a, b^T).max(-1) of the same similarity, and x.clone() (one pass over the data).
+Why: TESTA merges tokens in every block; the merge is only worth it when matching + merging cost
+little next to the attention it saves, so it is measured against the eager code and these floors.
 """
 
 from __future__ import annotations

@@ -55,6 +55,17 @@ class Table:
         return "\n".join(lines)
 
 
+def gradient_step(forward, inputs, grad):
+    """A callable running forward(*inputs) and the gradients of its (first) output w.r.t. inputs."""
+
+    def step():
+        out = forward(*inputs)
+        out = out[0] if isinstance(out, tuple) else out
+        return torch.autograd.grad(out, inputs, grad)
+
+    return step
+
+
 def median_ms(fn, *, min_run_time: float = 1.0, warmup: int = 1) -> float:
     """Median wall time of fn() in milliseconds (torch.utils.benchmark adaptive autorange)."""
     for _ in range(warmup):

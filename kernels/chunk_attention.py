@@ -33,7 +33,7 @@ def _load_key_bias(bias_ptr, bh, HEADS, LK, cols, col_ok, HAS_BIAS: tl.constexpr
 
 
 @triton.jit
-def _chunk_attention_fwd_kernel(
+def _chunk_attention_kernel(
     q_ptr, k_ptr, v_ptr, bias_ptr, key_end_ptr, out_ptr, lse_ptr,
     HEADS, LQ, LK, DIM, scale,
     HAS_BIAS: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -156,47 +156,41 @@ def _acc_types(dtype):
     return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
 
 
-def _chunk_layout(chunk_lens, lq: int, lk: int, device):
-    """key_end (Lq,) int32 per query row, and first_row (Lk,) int32: first query row seeing each key."""
-    lens = torch.tensor(chunk_lens, dtype=torch.int64, device=device)
-    ends = torch.cumsum(lens, 0)
-    key_chunk_end = torch.repeat_interleave(ends, lens)
-    key_chunk_start = key_chunk_end - torch.repeat_interleave(lens, lens)
-    key_end = key_chunk_end[lk - lq:].to(torch.int32).contiguous()
-    first_row = (key_chunk_start - (lk - lq)).clamp(min=0).to(torch.int32).contiguous()
-    return key_end, first_row
-
-
 def _block_d(dim: int) -> int:
     return max(16, triton.next_power_of_2(dim))
 
 
-def chunk_attention_forward(q, k, v, chunk_lens, key_bias, scale: float):
-    """q (B, H, Lq, Dh), k, v (B, H, Lk, Dh), key_bias (B, Lk) or None -> out (B, H, Lq, Dh), lse (B, H, Lq)."""
+def chunk_attention(q, k, v, key_end, key_bias, scale: float):
+    """q (B, H, Lq, Dh), k, v (B, H, Lk, Dh), key_end (Lq,) int64 (query row i sees keys [0, key_end[i])),
+    key_bias (B, Lk) or None -> out (B, H, Lq, Dh), lse (B, H, Lq)."""
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     batch, heads, lq, dim = q.shape
     lk = k.shape[2]
     acc_torch, acc_tl = _acc_types(q.dtype)
-    key_end, _ = _chunk_layout(chunk_lens, lq, lk, q.device)
+    key_end = key_end.to(torch.int32).contiguous()  # 32-bit offsets in the kernels
     out = torch.empty_like(q)
     lse = torch.empty(batch, heads, lq, dtype=acc_torch, device=q.device)
     bias = key_bias.contiguous() if key_bias is not None else q.new_empty(0)
     if out.numel():
         grid = (batch * heads, triton.cdiv(lq, BLOCK_M))
-        _chunk_attention_fwd_kernel[grid](
+        _chunk_attention_kernel[grid](
             q, k, v, bias, key_end, out, lse, heads, lq, lk, dim, scale,
             HAS_BIAS=key_bias is not None, ACC=acc_tl, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=_block_d(dim),
         )
     return out, lse
 
 
-def chunk_attention_backward(grad_out, q, k, v, out, lse, chunk_lens, key_bias, scale: float, bias_grad: bool):
-    """Returns grad_q, grad_k, grad_v (shapes of q, k, v) and grad_bias (B, Lk) or an empty tensor."""
+def chunk_attention_backward(grad_out, q, k, v, out, lse, key_end, first_row, key_bias, scale: float,
+                             bias_grad: bool):
+    """key_end (Lq,), first_row (Lk,) int64: the chunk layout (first_row[j]: first query row seeing key j).
+
+    Returns grad_q, grad_k, grad_v (shapes of q, k, v) and grad_bias (B, Lk) or an empty tensor.
+    """
     q, k, v, grad_out = q.contiguous(), k.contiguous(), v.contiguous(), grad_out.contiguous()
     batch, heads, lq, dim = q.shape
     lk = k.shape[2]
     acc_torch, acc_tl = _acc_types(q.dtype)
-    key_end, first_row = _chunk_layout(chunk_lens, lq, lk, q.device)
+    key_end, first_row = key_end.to(torch.int32).contiguous(), first_row.to(torch.int32).contiguous()
     delta = (grad_out.to(acc_torch) * out.to(acc_torch)).sum(-1).contiguous()  # rowsum(P * dP) = <dO, O>
     lse = lse.to(acc_torch).contiguous()
     bias = key_bias.contiguous() if key_bias is not None else q.new_empty(0)

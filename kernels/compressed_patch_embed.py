@@ -164,7 +164,7 @@ def _project(x, geometry, weight2d, shift, out, batch_stride, offset):
                                 batch_stride, offset, ACC=acc_tl, BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, BLOCK_K=BLOCK_K)
 
 
-def embed_forward(iframe, motion, residual, audio_feat, visual, audio, patch, expand_audio):
+def compressed_patch_embed(iframe, motion, residual, audio_feat, visual, audio, patch, expand_audio):
     """Same contract as torch.ops.vidsel_C.compressed_patch_embed -> (tokens, audio_tokens or empty)."""
     batch, frames, _, height, width = iframe.shape
     dim = visual[0].shape[0]
@@ -207,7 +207,7 @@ def _modality_backward(x, geometry, weight2d, grad, batch_stride, offset, need_i
     return grad_x, grad_w.t().to(x.dtype)
 
 
-def embed_backward(grad_tokens, grad_audio, iframe, motion, residual, audio_feat, visual, audio, patch, expand_audio,
+def compressed_patch_embed_backward(grad_tokens, grad_audio, iframe, motion, residual, audio_feat, visual, audio, patch, expand_audio,
                    input_mask):
     """Same contract as torch.ops.vidsel_C.compressed_patch_embed_backward -> 16 gradients."""
     batch, modalities, frames, tokens, dim = grad_tokens.shape

@@ -1,7 +1,7 @@
 """Philox4x32-10 noise for the Triton kernels: the stream of vidsel/reference/philox.py.
 
 `tl.philox(seed, c0, c1, c2, c3)` is Random123's Philox4x32-10 with key (seed mod 2**32,
-seed div 2**32), the same as the reference (checked word for word in tests/test_perturbed_topk.py).
+seed div 2**32), the same as the reference (checked word for word in tests/ops/test_perturbed_topk.py).
 Item l of (row, sample) uses counter (l div 4, sample, row, stream) and word l mod 4; the transforms
 below are the reference's, in float64.
 """

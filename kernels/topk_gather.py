@@ -106,7 +106,7 @@ def topk_gather(x, scores, k: int, sorted_by_index: bool):
     return _copy_rows(x, index, selected, n, gather=True), index
 
 
-def scatter_selected_rows(grad, index, n: int):
+def topk_gather_backward(grad, index, n: int):
     """grad (B, k, D) to the distinct rows index (B, k) of a zero (B, n, D)."""
     if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
         raise ValueError(f"index values must lie in [0, {n})")

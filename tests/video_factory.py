@@ -1,5 +1,5 @@
 """Real test videos encoded with PyAV: a textured image translating by a known (dx, dy) pixels per frame,
-with an optional audio track. Used by tests/test_io_*.py and benchmarks/bench_video_io.py.
+with an optional audio track. Used by tests/io/test_*.py and benchmarks/bench_video_io.py.
 """
 
 from __future__ import annotations

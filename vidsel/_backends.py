@@ -7,7 +7,8 @@ Backends of every op:
              when the Triton interpreter is on (``TRITON_INTERPRET=1`` before importing triton)
   cuda       CUDA C++ kernels from csrc/cuda (extension ``vidsel._C_cuda``), CUDA tensors
 
-``impl="auto"`` picks cuda, then triton, for CUDA tensors and cpu for CPU tensors, falling back to
+``impl="auto"`` picks cuda, then triton, for CUDA tensors (triton first for the ops that declare it,
+see ``OpBackends.gpu_auto``) and cpu for CPU tensors, falling back to
 the reference only when no compiled backend exists (with a warning at import). The environment
 variable ``VIDSEL_IMPL`` replaces ``"auto"``. An explicit choice never falls back: when it cannot
 run, the error says why.
@@ -121,7 +122,8 @@ def _unusable_reason(impl: str, device: torch.device) -> str | None:
     return f"unknown impl {impl!r}"
 
 
-def resolve_impl(op_name: str, impl: str, device: torch.device, supported: tuple[str, ...]) -> str:
+def resolve_impl(op_name: str, impl: str, device: torch.device, supported: tuple[str, ...],
+                 gpu_order: tuple[str, ...] = ("cuda", "triton", "reference")) -> str:
     """The concrete backend an op call runs: `impl` itself when explicit, else the auto choice.
 
     Raises ValueError for an unknown name and RuntimeError when an explicit backend cannot run
@@ -138,7 +140,7 @@ def resolve_impl(op_name: str, impl: str, device: torch.device, supported: tuple
         if reason is not None:
             raise RuntimeError(f"{op_name}: impl={impl!r} cannot run here: {reason}")
         return impl
-    preferred = ("cuda", "triton", "reference") if device.type == "cuda" else ("cpu", "reference")
+    preferred = gpu_order if device.type == "cuda" else ("cpu", "reference")
     for candidate in preferred:
         if candidate in supported and _unusable_reason(candidate, device) is None:
             return candidate

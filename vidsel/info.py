@@ -10,19 +10,11 @@ import torch
 import vidsel
 import vidsel.ops  # noqa: F401  (registers the ops)
 from vidsel import _backends
+from vidsel.ops._dispatch import REGISTRY
 
 def _collect_ops() -> dict[str, tuple[str, ...]]:
-    """Public op module name -> the backends it implements (its SUPPORTED_IMPLS)."""
-    import importlib
-    import pkgutil
-
-    ops = {}
-    for module_info in pkgutil.iter_modules(vidsel.ops.__path__):
-        if module_info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"vidsel.ops.{module_info.name}")
-        ops[module_info.name] = getattr(module, "SUPPORTED_IMPLS", ("reference",))
-    return ops
+    """Custom op (torch.ops.vidsel.<name>) -> the backends it implements, as declared beside its schema."""
+    return {name: op.supported for name, op in REGISTRY.items()}
 
 
 def report() -> str:
@@ -36,10 +28,16 @@ def report() -> str:
     status = _backends.backend_status()
     for name, st in status.items():
         lines.append(f"  {name:<10} {'yes' if st.built else 'no ':<4} {st.reason}")
-    lines += ["", "ops (backends usable for CPU tensors here / implemented):"]
+    lines += ["", "custom ops (backends usable for CPU tensors here / implemented):"]
     for op, supported in sorted(_collect_ops().items()):
         usable = _backends.available_impls("cpu", supported)
-        lines.append(f"  {op:<24} {', '.join(usable):<28} / {', '.join(supported)}")
+        lines.append(f"  {op:<32} {', '.join(usable):<28} / {', '.join(supported)}")
+    lines += ["", "impl='auto' on CUDA tensors (first usable of the order; why):"]
+    for name, op in sorted(REGISTRY.items()):
+        order = ("triton", "cuda") if op.gpu_auto == "triton" else ("cuda", "triton")
+        chosen = next((b for b in order if b in op.supported), "reference")
+        reason = op.gpu_auto_reason if chosen == op.gpu_auto else "its only GPU backend"
+        lines.append(f"  {name:<32} {chosen:<8} {reason}")
     return "\n".join(lines)
 
 

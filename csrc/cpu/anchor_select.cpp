@@ -34,7 +34,7 @@ AnchorGrid make_grid(int64_t height, int64_t width, int64_t ah, int64_t aw, int6
 
 // Score maps are small (14x14 patches): batches worth less than ~64k operations run inline, since
 // waking the thread pool costs more than the work.
-int64_t maps_per_task(const AnchorGrid& grid) {
+int64_t maps_per_job(const AnchorGrid& grid) {
   return std::max<int64_t>(1, (int64_t{1} << 16) / (grid.height * grid.width + 4 * grid.count()));
 }
 
@@ -44,7 +44,7 @@ void anchor_scores_kernel(const at::Tensor& scores, const AnchorGrid& grid, at::
   const scalar_t* s_ptr = scores.data_ptr<scalar_t>();
   scalar_t* o_ptr = out.data_ptr<scalar_t>();
   const double area = static_cast<double>(grid.anchor_h * grid.anchor_w);
-  at::parallel_for(0, frames, maps_per_task(grid), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, frames, maps_per_job(grid), [&](int64_t begin, int64_t end) {
     std::vector<double> sat((h + 1) * (w + 1), 0.0);  // sat[p][q] = sum of scores[:p, :q]
     for (int64_t f = begin; f < end; ++f) {
       const scalar_t* s = s_ptr + f * h * w;
@@ -72,7 +72,7 @@ void anchor_scores_backward_kernel(const at::Tensor& grad, const AnchorGrid& gri
   const scalar_t* g_ptr = grad.data_ptr<scalar_t>();
   scalar_t* o_ptr = out.data_ptr<scalar_t>();
   const double area = static_cast<double>(grid.anchor_h * grid.anchor_w);
-  at::parallel_for(0, frames, maps_per_task(grid), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, frames, maps_per_job(grid), [&](int64_t begin, int64_t end) {
     std::vector<double> diff((h + 1) * (w + 1));
     for (int64_t f = begin; f < end; ++f) {
       std::fill(diff.begin(), diff.end(), 0.0);
@@ -130,11 +130,11 @@ void anchor_gather_kernel(const at::Tensor& x, const at::Tensor& weights, const 
   const scalar_t* x_ptr = x.data_ptr<scalar_t>();
   const acc_t* w_ptr = weights.data_ptr<acc_t>();
   scalar_t* o_ptr = out.data_ptr<scalar_t>();
-  // One task per output row of an anchor window: (frame, i) -> aw * d outputs.
+  // One job per output row of an anchor window: (frame, i) -> aw * d outputs.
   at::parallel_for(0, frames * ah, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> acc(aw * d);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t f = task / ah, i = task % ah;
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t f = job / ah, i = job % ah;
       std::fill(acc.begin(), acc.end(), acc_t(0));
       for (int64_t g = 0; g < G; ++g) {
         const acc_t wg = w_ptr[f * G + g];

@@ -1,7 +1,7 @@
 // Block-causal chunk attention (Mirasol3B §3.3.1, eq. 8): a query in time chunk t attends to every
 // key of chunks <= t, full attention inside its own chunk.
 //
-// Flash-style on the CPU: every task owns one (batch, head, query tile). A query tile never crosses a
+// Flash-style on the CPU: every job owns one (batch, head, query tile). A query tile never crosses a
 // chunk boundary unless the chunks are tiny, so all its rows see the same key prefix [0, chunk_end)
 // and the key loop simply stops there: tiles above the chunk diagonal are never visited. Scores of one
 // (query tile x key block) live in a small per-thread buffer; the softmax is online (running max and
@@ -9,7 +9,7 @@
 // The two products of every block run single-threaded inside our parallel region: float32 on the AVX-512
 // tiles of gemm_f32.h (the BLAS without AVX-512), float64 on the BLAS dgemm; the softmax loops are
 // `omp simd` with a polynomial exp.
-// The backward runs one task per (batch, head), which owns that head's dK / dV / dbias; with fewer
+// The backward runs one job per (batch, head), which owns that head's dK / dV / dbias; with fewer
 // heads than 2x threads it splits query tiles over threads with per-thread key-gradient buffers.
 #include "cpu/common.h"
 #include "cpu/gemm_f32.h"
@@ -106,21 +106,6 @@ T max_of(const T* s, int64_t n) {
   return best;
 }
 
-// Where the keys of every query row end: query row i sits at key position Lk - Lq + i and sees
-// keys [0, key_end[i]), the end of its chunk (eq. 8).
-std::vector<int64_t> query_key_ends(at::IntArrayRef chunk_lens, int64_t lq, int64_t lk) {
-  std::vector<int64_t> ends(lq);
-  int64_t chunk_start = 0, position = lk - lq;
-  for (const int64_t len : chunk_lens) {
-    const int64_t chunk_end = chunk_start + len;
-    for (; position < chunk_end; ++position) {
-      if (position >= lk - lq) ends[position - (lk - lq)] = chunk_end;
-    }
-    chunk_start = chunk_end;
-  }
-  return ends;
-}
-
 struct Tile {
   int64_t begin, end;  // query rows [begin, end)
 };
@@ -141,7 +126,7 @@ std::vector<Tile> make_tiles(const std::vector<int64_t>& key_end, int64_t max_ro
   return tiles;
 }
 
-// Task order pairing expensive tiles (late chunks) with cheap ones so static scheduling balances.
+// Job order pairing expensive tiles (late chunks) with cheap ones so static scheduling balances.
 int64_t folded(int64_t index, int64_t count) {
   return index % 2 == 0 ? index / 2 : count - 1 - index / 2;
 }
@@ -246,8 +231,8 @@ void forward_kernel(const Problem<T>& p, T* out, T* lse) {
   for (const Tile& t : p.tiles) max_rows = std::max(max_rows, t.end - t.begin);
   at::parallel_for(0, bh_count * n_tiles, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> scores(max_rows * kKeyBlock), acc(max_rows * p.dim), row_max(max_rows), row_sum(max_rows);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t bh = task / n_tiles, tile = folded(task % n_tiles, n_tiles);
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t bh = job / n_tiles, tile = folded(job % n_tiles, n_tiles);
       forward_tile(p, bh, p.tiles[tile], out, lse, scores, acc, row_max, row_sum);
     }
   });
@@ -330,7 +315,7 @@ void backward_tile(const Problem<T>& p, const Grads<T>& g, int64_t bh, const Til
   std::copy(dq_acc, dq_acc + rows * d, g.grad_q + (bh * p.lq + tile.begin) * d);
 }
 
-// Enough (batch, head) pairs for every thread: each task owns one head's dK / dV / dbias, no atomics.
+// Enough (batch, head) pairs for every thread: each job owns one head's dK / dV / dbias, no atomics.
 template <typename T>
 void backward_by_head(const Problem<T>& p, const Grads<T>& g, int64_t max_rows) {
   const int64_t d = p.dim;
@@ -357,8 +342,8 @@ void backward_by_tile(const Problem<T>& p, const Grads<T>& g, int64_t max_rows, 
   at::parallel_for(0, bh_count * n_tiles, 1, [&](int64_t begin, int64_t end) {
     BackwardScratch<T> scratch(max_rows, d);
     T* mine = partial.data() + at::get_thread_num() * per_thread;
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t bh = task / n_tiles, tile = folded(task % n_tiles, n_tiles);
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t bh = job / n_tiles, tile = folded(job % n_tiles, n_tiles);
       KeyGrads<T> out{mine + bh * p.lk * d, mine + kv_size + bh * p.lk * d,
                       g.grad_bias_heads ? mine + 2 * kv_size + bh * p.lk : nullptr};
       backward_tile(p, g, bh, p.tiles[tile], out, scratch);
@@ -393,8 +378,11 @@ void backward_kernel(const Problem<T>& p, const Grads<T>& g) {
 
 // ---------------------------------------------------------------- argument checks and entry points
 
-void check_chunk_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::IntArrayRef chunk_lens,
-                      const c10::optional<at::Tensor>& key_bias) {
+// key_end (Lq,) int64 comes from vidsel/reference/chunk_attention.py:chunk_layout (query row i, at key
+// position Lk - Lq + i, sees keys [0, key_end[i]), the end of its chunk: eq. 8). Its values are only
+// bounds-checked here: non-decreasing in [1, Lk], so no tile reads past k.
+void check_attention_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& key_end,
+                          const c10::optional<at::Tensor>& key_bias) {
   VIDSEL_CHECK_CPU(q, "q");
   VIDSEL_CHECK_CPU(k, "k");
   VIDSEL_CHECK_CPU(v, "v");
@@ -408,12 +396,16 @@ void check_chunk_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   TORCH_CHECK(q.size(2) <= k.size(2), "vidsel: q has more positions (", q.size(2), ") than k (", k.size(2), ")");
   TORCH_CHECK(q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type(),
               "vidsel: q, k, v must share a dtype");
-  int64_t total = 0;
-  for (const int64_t len : chunk_lens) {
-    TORCH_CHECK(len > 0, "vidsel: chunk_lens must be positive, got ", len);
-    total += len;
+  VIDSEL_CHECK_CPU(key_end, "key_end");
+  TORCH_CHECK(key_end.scalar_type() == at::kLong && key_end.dim() == 1 && key_end.size(0) == q.size(2),
+              "vidsel: key_end must be an int64 tensor of shape (Lq,) = (", q.size(2), ",), got ",
+              key_end.scalar_type(), " ", key_end.sizes());
+  const at::Tensor ends = key_end.contiguous();
+  const int64_t* end = ends.data_ptr<int64_t>();
+  for (int64_t i = 0; i < q.size(2); ++i) {
+    TORCH_CHECK(end[i] >= 1 && end[i] <= k.size(2) && (i == 0 || end[i] >= end[i - 1]),
+                "vidsel: key_end must be non-decreasing in [1, Lk=", k.size(2), "], got ", end[i], " at row ", i);
   }
-  TORCH_CHECK(total == k.size(2), "vidsel: chunk_lens sum to ", total, " but k has ", k.size(2), " positions");
   TORCH_CHECK(k.size(2) * std::max<int64_t>(k.size(3), 1) < std::numeric_limits<int>::max(),
               "vidsel: sequence too long for 32-bit BLAS strides");
   if (key_bias.has_value()) {
@@ -440,7 +432,7 @@ at::Tensor rows_in_place(const at::Tensor& t, at::ScalarType type) {
 
 template <typename T>
 Problem<T> make_problem(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor* bias,
-                        at::IntArrayRef chunk_lens, double scale, int64_t max_tile_rows) {
+                        const at::Tensor& key_end, double scale, int64_t max_tile_rows) {
   Problem<T> p;
   p.q = q.data_ptr<T>();
   p.k = k.data_ptr<T>();
@@ -457,16 +449,16 @@ Problem<T> make_problem(const at::Tensor& q, const at::Tensor& k, const at::Tens
     p.k_stride[i] = k.stride(i);
     p.v_stride[i] = v.stride(i);
   }
-  p.key_end = query_key_ends(chunk_lens, p.lq, p.lk);
+  const at::Tensor ends = key_end.contiguous();
+  p.key_end.assign(ends.data_ptr<int64_t>(), ends.data_ptr<int64_t>() + p.lq);
   p.tiles = make_tiles(p.key_end, max_tile_rows);
   return p;
 }
 
-std::tuple<at::Tensor, at::Tensor> chunk_attention_fwd_cpu(const at::Tensor& q, const at::Tensor& k,
-                                                            const at::Tensor& v, at::IntArrayRef chunk_lens,
-                                                            const c10::optional<at::Tensor>& key_bias,
-                                                            double scale) {
-  check_chunk_args(q, k, v, chunk_lens, key_bias);
+std::tuple<at::Tensor, at::Tensor> chunk_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                        const at::Tensor& key_end,
+                                                        const c10::optional<at::Tensor>& key_bias, double scale) {
+  check_attention_args(q, k, v, key_end, key_bias);
   const auto type = compute_type(q);
   const at::Tensor qc = rows_in_place(q, type), kc = rows_in_place(k, type), vc = rows_in_place(v, type);
   at::Tensor bias;
@@ -474,8 +466,8 @@ std::tuple<at::Tensor, at::Tensor> chunk_attention_fwd_cpu(const at::Tensor& q, 
   at::Tensor out = new_output(q.sizes(), qc.options());
   at::Tensor lse = new_output({q.size(0), q.size(1), q.size(2)}, qc.options());
   if (q.numel() > 0 && q.size(2) > 0) {
-    AT_DISPATCH_FLOATING_TYPES(type, "vidsel_chunk_attention_fwd", [&] {
-      const auto p = make_problem<scalar_t>(qc, kc, vc, bias.defined() ? &bias : nullptr, chunk_lens, scale,
+    AT_DISPATCH_FLOATING_TYPES(type, "vidsel_chunk_attention", [&] {
+      const auto p = make_problem<scalar_t>(qc, kc, vc, bias.defined() ? &bias : nullptr, key_end, scale,
                                             kQueryTile);
       forward_kernel(p, out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>());
     });
@@ -483,11 +475,12 @@ std::tuple<at::Tensor, at::Tensor> chunk_attention_fwd_cpu(const at::Tensor& q, 
   return {out.to(q.scalar_type()), lse};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_attention_bwd_cpu(
+// first_row (Lk,) of the layout serves the key-major GPU kernels; the query tiles here need key_end only.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_attention_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-    const at::Tensor& out, const at::Tensor& lse, at::IntArrayRef chunk_lens,
+    const at::Tensor& out, const at::Tensor& lse, const at::Tensor& key_end, const at::Tensor& /*first_row*/,
     const c10::optional<at::Tensor>& key_bias, double scale, bool bias_grad) {
-  check_chunk_args(q, k, v, chunk_lens, key_bias);
+  check_attention_args(q, k, v, key_end, key_bias);
   VIDSEL_CHECK_CPU(grad_out, "grad_out");
   VIDSEL_CHECK_CPU(out, "out");
   VIDSEL_CHECK_CPU(lse, "lse");
@@ -505,8 +498,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_attention_bwd_c
   at::Tensor grad_k = new_output(k.sizes(), kc.options());
   at::Tensor grad_v = new_output(v.sizes(), vc.options());
   at::Tensor grad_bias_heads = bias_grad ? new_output({k.size(0), k.size(1), k.size(2)}, kc.options()) : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES(type, "vidsel_chunk_attention_bwd", [&] {
-    const auto p = make_problem<scalar_t>(qc, kc, vc, bias.defined() ? &bias : nullptr, chunk_lens, scale,
+  AT_DISPATCH_FLOATING_TYPES(type, "vidsel_chunk_attention_backward", [&] {
+    const auto p = make_problem<scalar_t>(qc, kc, vc, bias.defined() ? &bias : nullptr, key_end, scale,
                                           kBwdQueryTile);
     Grads<scalar_t> g{go.data_ptr<scalar_t>(),   oc.data_ptr<scalar_t>(),     lc.data_ptr<scalar_t>(),
                       grad_q.data_ptr<scalar_t>(), grad_k.data_ptr<scalar_t>(), grad_v.data_ptr<scalar_t>(),
@@ -527,8 +520,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_attention_bwd_c
 }  // namespace
 
 TORCH_LIBRARY_IMPL(vidsel_C, CPU, m) {
-  m.impl("chunk_attention_fwd", &chunk_attention_fwd_cpu);
-  m.impl("chunk_attention_bwd", &chunk_attention_bwd_cpu);
+  m.impl("chunk_attention", &chunk_attention_cpu);
+  m.impl("chunk_attention_backward", &chunk_attention_backward_cpu);
 }
 
 }  // namespace vidsel

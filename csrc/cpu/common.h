@@ -20,7 +20,7 @@ at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options);
 constexpr int64_t kStreamingBytes = int64_t{4} << 20;
 
 // Copies `bytes` from src to dst (src == nullptr: writes zeros), streaming the 32-byte-aligned body
-// when `streaming`. Call finish_streaming(streaming) at the end of the parallel task.
+// when `streaming`. Call finish_streaming(streaming) at the end of the parallel job.
 void write_row(char* dst, const char* src, int64_t bytes, bool streaming);
 void finish_streaming(bool streaming);
 

@@ -45,7 +45,7 @@ void im2col_kernel(const scalar_t* frames, const PatchGeometry& g, int64_t row0,
   });
 }
 
-// grad_frames[...] += cols[...]; tasks own whole frames (blocks never straddle frames).
+// grad_frames[...] += cols[...]; jobs own whole frames (blocks never straddle frames).
 template <typename scalar_t, typename acc_t>
 void col2im_kernel(const scalar_t* cols, const PatchGeometry& g, int64_t count, acc_t* grad_frames) {
   const int64_t depth = g.depth(), frame_size = g.frame_size();
@@ -68,7 +68,7 @@ void col2im_kernel(const scalar_t* cols, const PatchGeometry& g, int64_t count, 
 
 // ---- float32 fast path: one pass writing each modality slot of the output ----
 //
-// Every task owns a block of kDirectRows tokens of one clip: it gathers their patches into a per-thread
+// Every job owns a block of kDirectRows tokens of one clip: it gathers their patches into a per-thread
 // matrix (kept in L2), writes bias + PE into the output rows, and accumulates cols · Wᵀ on top with the
 // AVX-512 register-tiled GEMM of gemm_f32.h. So each token is written once, straight into the output:
 // no convolution result, channels-last input or per-chunk weight copies. The GEMM is ours because MKL's
@@ -110,8 +110,8 @@ bool embed_direct_float(const at::Tensor& x, const PatchGeometry& g, const at::T
   float* first_slot = out.data_ptr<float>() + modality * rows * dim;
   at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> cols(kDirectRows * depth);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / blocks, row0 = (task % blocks) * kDirectRows;
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t b = job / blocks, row0 = (job % blocks) * kDirectRows;
       const int64_t count = std::min(kDirectRows, rows - row0);
       float* slot = first_slot + b * slot_stride;
       gather_block(frames_ptr + b * frames * g.frame_size(), g, row0, count, pos_c.data_ptr<float>(),

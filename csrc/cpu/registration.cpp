@@ -51,14 +51,17 @@ TORCH_LIBRARY(vidsel_C, m) {
       "anchor_gather_backward(Tensor grad, Tensor x, Tensor weights, int stride_h, int stride_w, bool need_grad_x,"
       " bool need_grad_weights) -> (Tensor grad_x, Tensor grad_weights)");
 
-  // Block-causal chunk attention (Mirasol3B §3.3.1 eq. 8). lse: (B, H, Lq) logsumexp of the scores,
-  // float32 (float64 for float64 inputs). grad_bias is (B, Lk) when bias_grad, else empty.
+  // Block-causal chunk attention (Mirasol3B §3.3.1 eq. 8). The chunk layout comes from Python
+  // (vidsel/reference/chunk_attention.py:chunk_layout): key_end (Lq,) int64, query row i sees keys
+  // [0, key_end[i]); first_row (Lk,) int64, the first query row that sees key j. lse: (B, H, Lq)
+  // logsumexp of the scores, float32 (float64 for float64 inputs). grad_bias is (B, Lk) when bias_grad,
+  // else empty.
   m.def(
-      "chunk_attention_fwd(Tensor q, Tensor k, Tensor v, int[] chunk_lens, Tensor? key_bias, float scale)"
+      "chunk_attention(Tensor q, Tensor k, Tensor v, Tensor key_end, Tensor? key_bias, float scale)"
       " -> (Tensor out, Tensor lse)");
   m.def(
-      "chunk_attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, int[] chunk_lens,"
-      " Tensor? key_bias, float scale, bool bias_grad)"
+      "chunk_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse,"
+      " Tensor key_end, Tensor first_row, Tensor? key_bias, float scale, bool bias_grad)"
       " -> (Tensor grad_q, Tensor grad_k, Tensor grad_v, Tensor grad_bias)");
 
   // Random-sampling selection (STTS §3.2 eq. 7-8 perturbed top-k; MIST §3.2 / App. A Gumbel top-k).

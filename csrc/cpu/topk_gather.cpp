@@ -5,7 +5,7 @@
 //                         selected[b, j] = x[b, index[b, j]]
 //   topk_gather_backward: grad_x[b, index[b, j]] = grad[b, j], every other row zero
 //
-// One task per group selects with nth_element on an index array (O(N)) and copies whole rows with
+// One job per group selects with nth_element on an index array (O(N)) and copies whole rows with
 // memcpy; the backward writes every row of grad_x exactly once (copy or zero), no zero-fill pass.
 #include "cpu/common.h"
 

@@ -1,6 +1,7 @@
 // CUDA kernels of anchor-based spatial selection (STTS §3.3). Torch-free.
 //
-//   anchor scores    one block per frame: summed-area table in float64 scratch, 4 reads per anchor
+//   anchor scores    one thread per (frame, anchor): the window summed directly in float64 (a
+//                    summed-area table would lose small scores next to huge ones, e.g. finfo.min masks)
 //   scores backward  one thread per score: grad / (h w) of the anchors covering it
 //   anchor gather    one block per output token, threads over D: sum_g w_g x[window g]
 //   gather backward  grad_x: one block per input token over its covering anchors;
@@ -47,42 +48,33 @@ __device__ void for_covering_anchors(const AnchorGeometry& g, int64_t p, int64_t
 }
 
 template <typename T>
-__global__ void anchor_scores_kernel(const T* scores, double* sat, T* out, AnchorGeometry g) {
-  const int64_t frame = blockIdx.x, h = g.height, w = g.width, stride = w + 1;
-  const T* s = scores + frame * h * w;
-  double* table = sat + frame * (h + 1) * stride;
-  for (int64_t q = threadIdx.x; q <= w; q += blockDim.x) table[q] = 0.0;
-  for (int64_t p = threadIdx.x; p < h; p += blockDim.x) {  // row prefix sums
-    double run = 0.0;
-    table[(p + 1) * stride] = 0.0;
-    for (int64_t q = 0; q < w; ++q) {
-      run += load_as<double>(s + p * w + q);
-      table[(p + 1) * stride + q + 1] = run;
-    }
-  }
-  __syncthreads();
-  for (int64_t q = threadIdx.x; q < w; q += blockDim.x) {  // then down the columns
-    for (int64_t p = 1; p < h; ++p) table[(p + 1) * stride + q + 1] += table[p * stride + q + 1];
-  }
-  __syncthreads();
+__global__ void anchor_scores_kernel(const T* scores, T* out, int64_t frames, AnchorGeometry g) {
+  const int64_t anchors = g.rows * g.cols, total = frames * anchors;
   const double area = static_cast<double>(g.anchor_h * g.anchor_w);
-  for (int64_t a = threadIdx.x; a < g.rows * g.cols; a += blockDim.x) {
-    const int64_t t = anchor_top(g, a), l = anchor_left(g, a), b = t + g.anchor_h, r = l + g.anchor_w;
-    const double sum = table[b * stride + r] - table[t * stride + r] - table[b * stride + l] + table[t * stride + l];
-    store_from(out + frame * g.rows * g.cols + a, sum / area);
+  for (int64_t item = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; item < total;
+       item += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t frame = item / anchors, a = item % anchors;
+    const T* window = scores + (frame * g.height + anchor_top(g, a)) * g.width + anchor_left(g, a);
+    double sum = 0.0;
+    for (int64_t i = 0; i < g.anchor_h; ++i) {
+      for (int64_t j = 0; j < g.anchor_w; ++j) sum += load_as<double>(window + i * g.width + j);
+    }
+    store_from(out + item, sum / area);
   }
 }
 
 template <typename T>
 __global__ void anchor_scores_backward_kernel(const T* grad, T* out, int64_t frames, AnchorGeometry g) {
-  const int64_t pixel = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (pixel >= frames * g.height * g.width) return;
-  const int64_t frame = pixel / (g.height * g.width), p = (pixel / g.width) % g.height, q = pixel % g.width;
-  double acc = 0.0;
-  for_covering_anchors(g, p, q, [&](int64_t a, int64_t, int64_t) {
-    acc += load_as<double>(grad + frame * g.rows * g.cols + a);
-  });
-  store_from(out + pixel, acc / static_cast<double>(g.anchor_h * g.anchor_w));
+  const int64_t pixels = frames * g.height * g.width;
+  for (int64_t pixel = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; pixel < pixels;
+       pixel += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t frame = pixel / (g.height * g.width), p = (pixel / g.width) % g.height, q = pixel % g.width;
+    double acc = 0.0;
+    for_covering_anchors(g, p, q, [&](int64_t a, int64_t, int64_t) {
+      acc += load_as<double>(grad + frame * g.rows * g.cols + a);
+    });
+    store_from(out + pixel, acc / static_cast<double>(g.anchor_h * g.anchor_w));
+  }
 }
 
 template <typename T>
@@ -122,11 +114,13 @@ __global__ void anchor_grad_x_kernel(const T* grad, const typename Acc<T>::type*
   }
 }
 
+// <grad window, x window> of anchor blockIdx.x in `frame`: a fixed-order block reduction (deterministic).
 template <typename T>
-__global__ void anchor_grad_w_kernel(const T* grad, const T* x, double* grad_w, int64_t dim, AnchorGeometry g) {
+__device__ void anchor_grad_w_block(const T* grad, const T* x, double* grad_w, int64_t frame, int64_t dim,
+                                    const AnchorGeometry& g) {
   using A = typename Acc<T>::type;
   __shared__ double partial[kThreads];
-  const int64_t a = blockIdx.x, frame = blockIdx.y, span = g.anchor_w * dim;
+  const int64_t a = blockIdx.x, span = g.anchor_w * dim;
   const int64_t top = anchor_top(g, a), left = anchor_left(g, a);
   double acc = 0.0;
   for (int64_t i = 0; i < g.anchor_h; ++i) {
@@ -143,6 +137,13 @@ __global__ void anchor_grad_w_kernel(const T* grad, const T* x, double* grad_w, 
     __syncthreads();
   }
   if (threadIdx.x == 0) grad_w[frame * g.rows * g.cols + a] = partial[0];
+  __syncthreads();
+}
+
+template <typename T>
+__global__ void anchor_grad_w_kernel(const T* grad, const T* x, double* grad_w, int64_t frames, int64_t dim,
+                                     AnchorGeometry g) {
+  for (int64_t frame = blockIdx.y; frame < frames; frame += gridDim.y) anchor_grad_w_block(grad, x, grad_w, frame, dim, g);
 }
 
 template <typename Fn>
@@ -157,43 +158,48 @@ void dispatch(ScalarKind kind, Fn fn) {
 
 }  // namespace
 
-void launch_anchor_scores(const void* scores, ScalarKind kind, double* sat, void* out, int64_t frames,
-                          const AnchorGeometry& geometry, cudaStream_t stream) {
-  if (frames == 0) return;
+cudaError_t launch_anchor_scores(const void* scores, ScalarKind kind, void* out, int64_t frames,
+                                 const AnchorGeometry& geometry, cudaStream_t stream) {
+  const int64_t total = frames * geometry.rows * geometry.cols;
+  if (total == 0) return cudaSuccess;
   dispatch(kind, [&](auto tag) {
     using T = decltype(tag);
-    anchor_scores_kernel<T><<<static_cast<unsigned>(frames), kThreads, 0, stream>>>(
-        static_cast<const T*>(scores), sat, static_cast<T*>(out), geometry);
+    anchor_scores_kernel<T><<<grid_x_for(ceil_div(total, kThreads)), kThreads, 0, stream>>>(
+        static_cast<const T*>(scores), static_cast<T*>(out), frames, geometry);
   });
+  return cudaGetLastError();
 }
 
-void launch_anchor_scores_backward(const void* grad, ScalarKind kind, void* out, int64_t frames,
-                                   const AnchorGeometry& geometry, cudaStream_t stream) {
+cudaError_t launch_anchor_scores_backward(const void* grad, ScalarKind kind, void* out, int64_t frames,
+                                          const AnchorGeometry& geometry, cudaStream_t stream) {
   const int64_t pixels = frames * geometry.height * geometry.width;
-  if (pixels == 0) return;
+  if (pixels == 0) return cudaSuccess;
   dispatch(kind, [&](auto tag) {
     using T = decltype(tag);
-    anchor_scores_backward_kernel<T><<<static_cast<unsigned>(ceil_div(pixels, kThreads)), kThreads, 0, stream>>>(
+    anchor_scores_backward_kernel<T><<<grid_x_for(ceil_div(pixels, kThreads)), kThreads, 0, stream>>>(
         static_cast<const T*>(grad), static_cast<T*>(out), frames, geometry);
   });
+  return cudaGetLastError();
 }
 
-void launch_anchor_gather(const void* x, ScalarKind kind, const void* weights, void* out, int64_t frames, int64_t dim,
-                          const AnchorGeometry& geometry, cudaStream_t stream) {
+cudaError_t launch_anchor_gather(const void* x, ScalarKind kind, const void* weights, void* out, int64_t frames,
+                                 int64_t dim, const AnchorGeometry& geometry, cudaStream_t stream) {
   const int64_t rows = frames * geometry.anchor_h * geometry.anchor_w;
-  if (rows == 0 || dim == 0) return;
+  if (rows == 0 || dim == 0) return cudaSuccess;
   dispatch(kind, [&](auto tag) {
     using T = decltype(tag);
     using A = typename Acc<T>::type;
     anchor_gather_kernel<T><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
         static_cast<const T*>(x), static_cast<const A*>(weights), static_cast<T*>(out), dim, geometry);
   });
+  return cudaGetLastError();
 }
 
-void launch_anchor_gather_backward(const void* grad, const void* x, ScalarKind kind, const void* weights,
-                                   void* grad_x, double* grad_weights, int64_t frames, int64_t dim,
-                                   const AnchorGeometry& geometry, cudaStream_t stream) {
-  if (frames == 0) return;
+cudaError_t launch_anchor_gather_backward(const void* grad, const void* x, ScalarKind kind, const void* weights,
+                                          void* grad_x, double* grad_weights, int64_t frames, int64_t dim,
+                                          const AnchorGeometry& geometry, cudaStream_t stream) {
+  if (frames == 0) return cudaSuccess;
+  cudaError_t status = cudaSuccess;
   dispatch(kind, [&](auto tag) {
     using T = decltype(tag);
     using A = typename Acc<T>::type;
@@ -201,13 +207,16 @@ void launch_anchor_gather_backward(const void* grad, const void* x, ScalarKind k
       const int64_t rows = frames * geometry.height * geometry.width;
       anchor_grad_x_kernel<T><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
           static_cast<const T*>(grad), static_cast<const A*>(weights), static_cast<T*>(grad_x), dim, geometry);
+      status = first_error(status, cudaGetLastError());
     }
     if (grad_weights != nullptr) {
-      const dim3 grid(static_cast<unsigned>(geometry.rows * geometry.cols), static_cast<unsigned>(frames));
+      const dim3 grid(static_cast<unsigned>(geometry.rows * geometry.cols), grid_y_for(frames));
       anchor_grad_w_kernel<T><<<grid, kThreads, 0, stream>>>(static_cast<const T*>(grad), static_cast<const T*>(x),
-                                                             grad_weights, dim, geometry);
+                                                             grad_weights, frames, dim, geometry);
+      status = first_error(status, cudaGetLastError());
     }
   });
+  return status;
 }
 
 }  // namespace vidsel::cuda

@@ -14,22 +14,22 @@ struct AnchorGeometry {
   int64_t height, width, anchor_h, anchor_w, stride_h, stride_w, rows, cols;
 };
 
-// scores (frames, H, W) of `kind` -> out (frames, G) same kind; sat (frames, H + 1, W + 1) float64 scratch.
-void launch_anchor_scores(const void* scores, ScalarKind kind, double* sat, void* out, int64_t frames,
-                          const AnchorGeometry& geometry, cudaStream_t stream);
+// scores (frames, H, W) of `kind` -> out (frames, G) same kind: window means summed in float64.
+cudaError_t launch_anchor_scores(const void* scores, ScalarKind kind, void* out, int64_t frames,
+                                 const AnchorGeometry& geometry, cudaStream_t stream);
 
 // grad (frames, G) -> out (frames, H, W), both of `kind`.
-void launch_anchor_scores_backward(const void* grad, ScalarKind kind, void* out, int64_t frames,
+cudaError_t launch_anchor_scores_backward(const void* grad, ScalarKind kind, void* out, int64_t frames,
                                    const AnchorGeometry& geometry, cudaStream_t stream);
 
 // x (frames, H, W, D) of `kind`; weights (frames, G) float32 (float64 for float64 x).
 // out (frames, h, w, D) = sum_g weights[f, g] x[f, window g]; zero weights are skipped.
-void launch_anchor_gather(const void* x, ScalarKind kind, const void* weights, void* out, int64_t frames, int64_t dim,
+cudaError_t launch_anchor_gather(const void* x, ScalarKind kind, const void* weights, void* out, int64_t frames, int64_t dim,
                           const AnchorGeometry& geometry, cudaStream_t stream);
 
 // grad (frames, h, w, D) of `kind`. grad_x (frames, H, W, D) of `kind` when not null;
 // grad_weights (frames, G) float64 when not null.
-void launch_anchor_gather_backward(const void* grad, const void* x, ScalarKind kind, const void* weights,
+cudaError_t launch_anchor_gather_backward(const void* grad, const void* x, ScalarKind kind, const void* weights,
                                    void* grad_x, double* grad_weights, int64_t frames, int64_t dim,
                                    const AnchorGeometry& geometry, cudaStream_t stream);
 

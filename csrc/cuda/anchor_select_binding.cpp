@@ -26,10 +26,10 @@ at::Tensor anchor_scores_cuda(const at::Tensor& scores_in, int64_t ah, int64_t a
   const c10::cuda::CUDAGuard guard(scores_in.device());
   const at::Tensor scores = scores_in.contiguous();
   const int64_t frames = scores.size(0);
-  at::Tensor sat = at::empty({frames, g.height + 1, g.width + 1}, scores.options().dtype(at::kDouble));
   at::Tensor out = at::empty({frames, g.rows * g.cols}, scores.options());
-  launch_anchor_scores(scores.data_ptr(), scalar_kind(scores), sat.data_ptr<double>(), out.data_ptr(), frames, g,
-                       c10::cuda::getCurrentCUDAStream());
+  check_launch(launch_anchor_scores(scores.data_ptr(), scalar_kind(scores), out.data_ptr(), frames, g,
+                                    c10::cuda::getCurrentCUDAStream()),
+               "anchor_scores");
   return out;
 }
 
@@ -42,8 +42,9 @@ at::Tensor anchor_scores_backward_cuda(const at::Tensor& grad_in, int64_t height
   const c10::cuda::CUDAGuard guard(grad_in.device());
   const at::Tensor grad = grad_in.contiguous();
   at::Tensor out = at::empty({grad.size(0), height, width}, grad.options());
-  launch_anchor_scores_backward(grad.data_ptr(), scalar_kind(grad), out.data_ptr(), grad.size(0), g,
-                                c10::cuda::getCurrentCUDAStream());
+  check_launch(launch_anchor_scores_backward(grad.data_ptr(), scalar_kind(grad), out.data_ptr(), grad.size(0), g,
+                                             c10::cuda::getCurrentCUDAStream()),
+               "anchor_scores_backward");
   return out;
 }
 
@@ -64,8 +65,9 @@ at::Tensor anchor_gather_cuda(const at::Tensor& x_in, const at::Tensor& weights_
   const at::Tensor x = x_in.contiguous();
   const at::Tensor weights = weights_in.to(acc_type_of(x)).contiguous();
   at::Tensor out = at::empty({x.size(0), ah, aw, x.size(3)}, x.options());
-  launch_anchor_gather(x.data_ptr(), scalar_kind(x), weights.data_ptr(), out.data_ptr(), x.size(0), x.size(3), g,
-                       c10::cuda::getCurrentCUDAStream());
+  check_launch(launch_anchor_gather(x.data_ptr(), scalar_kind(x), weights.data_ptr(), out.data_ptr(), x.size(0),
+                                    x.size(3), g, c10::cuda::getCurrentCUDAStream()),
+               "anchor_gather");
   return out;
 }
 
@@ -85,10 +87,11 @@ std::tuple<at::Tensor, at::Tensor> anchor_gather_backward_cuda(const at::Tensor&
   at::Tensor grad_x = need_grad_x ? at::empty(x.sizes(), x.options()) : at::empty({0}, x.options());
   at::Tensor grad_w = need_grad_weights ? at::empty(weights_in.sizes(), weights_in.options().dtype(at::kDouble))
                                         : at::empty({0}, weights_in.options());
-  launch_anchor_gather_backward(grad.data_ptr(), x.data_ptr(), scalar_kind(x), weights.data_ptr(),
-                                need_grad_x ? grad_x.data_ptr() : nullptr,
-                                need_grad_weights ? grad_w.data_ptr<double>() : nullptr, x.size(0), x.size(3), g,
-                                c10::cuda::getCurrentCUDAStream());
+  check_launch(launch_anchor_gather_backward(grad.data_ptr(), x.data_ptr(), scalar_kind(x), weights.data_ptr(),
+                                             need_grad_x ? grad_x.data_ptr() : nullptr,
+                                             need_grad_weights ? grad_w.data_ptr<double>() : nullptr, x.size(0),
+                                             x.size(3), g, c10::cuda::getCurrentCUDAStream()),
+               "anchor_gather_backward");
   if (need_grad_weights) grad_w = grad_w.to(weights_in.scalar_type());
   return {grad_x, grad_w};
 }

@@ -28,7 +28,7 @@ __device__ T dot_rows(const T* a, const T* b, int64_t dim, int lane) {
 }
 
 template <typename T>
-__global__ void chunk_attention_fwd_kernel(const T* q, const T* k, const T* v, const T* bias,
+__global__ void chunk_attention_kernel(const T* q, const T* k, const T* v, const T* bias,
                                            const int64_t* key_end, T* out, T* lse, int64_t heads, int64_t lq,
                                            int64_t lk, int64_t dim, T scale, int64_t rows_total) {
   const int64_t row = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp;
@@ -146,7 +146,7 @@ void forward(const void* q, const void* k, const void* v, const void* bias, cons
              cudaStream_t stream) {
   const int64_t rows = batch * heads * lq;
   if (rows == 0) return;
-  chunk_attention_fwd_kernel<T><<<blocks_for(rows), kWarpsPerBlock * kWarp, 0, stream>>>(
+  chunk_attention_kernel<T><<<blocks_for(rows), kWarpsPerBlock * kWarp, 0, stream>>>(
       static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), static_cast<const T*>(bias),
       key_end, static_cast<T*>(out), static_cast<T*>(lse), heads, lq, lk, dim, T(scale), rows);
 }
@@ -175,10 +175,9 @@ void backward(const void* grad_out, const void* q, const void* k, const void* v,
 
 }  // namespace
 
-void launch_chunk_attention_fwd(const void* q, const void* k, const void* v, const void* key_bias,
-                                const int64_t* key_end, void* out, void* lse, int64_t batch, int64_t heads,
-                                int64_t lq, int64_t lk, int64_t dim, double scale, bool is_double,
-                                cudaStream_t stream) {
+void launch_chunk_attention(const void* q, const void* k, const void* v, const void* key_bias, const int64_t* key_end,
+                            void* out, void* lse, int64_t batch, int64_t heads, int64_t lq, int64_t lk, int64_t dim,
+                            double scale, bool is_double, cudaStream_t stream) {
   if (is_double) {
     forward<double>(q, k, v, key_bias, key_end, out, lse, batch, heads, lq, lk, dim, scale, stream);
   } else {
@@ -186,11 +185,11 @@ void launch_chunk_attention_fwd(const void* q, const void* k, const void* v, con
   }
 }
 
-void launch_chunk_attention_bwd(const void* grad_out, const void* q, const void* k, const void* v, const void* out,
-                                const void* lse, const void* key_bias, const int64_t* key_end,
-                                const int64_t* first_row, void* grad_q, void* grad_k, void* grad_v, void* delta,
-                                void* grad_bias_heads, int64_t batch, int64_t heads, int64_t lq, int64_t lk,
-                                int64_t dim, double scale, bool is_double, cudaStream_t stream) {
+void launch_chunk_attention_backward(const void* grad_out, const void* q, const void* k, const void* v,
+                                     const void* out, const void* lse, const void* key_bias, const int64_t* key_end,
+                                     const int64_t* first_row, void* grad_q, void* grad_k, void* grad_v, void* delta,
+                                     void* grad_bias_heads, int64_t batch, int64_t heads, int64_t lq, int64_t lk,
+                                     int64_t dim, double scale, bool is_double, cudaStream_t stream) {
   if (is_double) {
     backward<double>(grad_out, q, k, v, out, lse, key_bias, key_end, first_row, grad_q, grad_k, grad_v, delta,
                      grad_bias_heads, batch, heads, lq, lk, dim, scale, stream);

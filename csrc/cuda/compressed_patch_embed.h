@@ -18,12 +18,12 @@ struct PatchLayout {
 };
 
 // cols (frames * tokens, channels * cells^2) <- patch columns of `frames` consecutive frames at `x`.
-void launch_patch_im2col(const void* x, void* cols, ScalarKind kind, PatchLayout layout, int64_t frames,
+cudaError_t launch_patch_im2col(const void* x, void* cols, ScalarKind kind, PatchLayout layout, int64_t frames,
                          cudaStream_t stream);
 
 // grad (frames, channels, in_h, in_w) in float32 (float64 for kFloat64) += the adjoint of the gather
-// applied to cols (atomics: several cells may read the same motion block).
-void launch_patch_col2im_add(const void* cols, void* grad, ScalarKind kind, PatchLayout layout, int64_t frames,
+// applied to cols: each source element sums the cells that read it in a fixed order (no atomics).
+cudaError_t launch_patch_col2im_add(const void* cols, void* grad, ScalarKind kind, PatchLayout layout, int64_t frames,
                              cudaStream_t stream);
 
 }  // namespace vidsel::cuda

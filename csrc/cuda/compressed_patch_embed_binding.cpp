@@ -26,8 +26,9 @@ struct CudaOps {
                     cols.scalar_type() == x.scalar_type(),
                 "vidsel(cuda): im2col bounds");
     const auto* frames = static_cast<const char*>(x.data_ptr()) + (b * x.size(1) + f0) * g.frame_size() * x.element_size();
-    launch_patch_im2col(frames, cols.data_ptr(), scalar_kind(x), layout_of(g), count,
-                        c10::cuda::getCurrentCUDAStream());
+    check_launch(launch_patch_im2col(frames, cols.data_ptr(), scalar_kind(x), layout_of(g), count,
+                                     c10::cuda::getCurrentCUDAStream()),
+                 "compressed_patch_embed (im2col)");
   }
 
   static void col2im_add(const at::Tensor& cols_in, const PatchGeometry& g, int64_t b, int64_t f0, int64_t count,
@@ -38,8 +39,9 @@ struct CudaOps {
                     cols.size(1) == g.depth() && f0 + count <= grad.size(1) && b < grad.size(0),
                 "vidsel(cuda): col2im bounds");
     auto* frames = static_cast<char*>(grad.data_ptr()) + (b * grad.size(1) + f0) * g.frame_size() * grad.element_size();
-    launch_patch_col2im_add(cols.data_ptr(), frames, scalar_kind(cols), layout_of(g), count,
-                            c10::cuda::getCurrentCUDAStream());
+    check_launch(launch_patch_col2im_add(cols.data_ptr(), frames, scalar_kind(cols), layout_of(g), count,
+                                         c10::cuda::getCurrentCUDAStream()),
+                 "compressed_patch_embed_backward (col2im)");
   }
 
   static at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {

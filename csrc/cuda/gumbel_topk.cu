@@ -1,7 +1,7 @@
 // Gumbel-softmax top-k (MIST §3.2, Appendix A), CUDA kernels. Torch-free.
 //
 // One block per row walks the k draws in order: perturbed = logits + g_t (philox.cuh), the hard
-// pick is the first maximum over the allowed items, the soft row softmax(perturbed / tau) over them;
+// pick is the first maximum over the allowed items (ranks_ahead: NaN after every number), the soft row softmax(perturbed / tau) over them;
 // without replacement the pick is masked out of later draws. Backward regenerates the soft rows and
 // accumulates soft * (G_t - <G_t, soft>) / tau in shared memory.
 #include <cfloat>
@@ -51,7 +51,7 @@ __device__ int64_t draw(const double* logits, DrawShared s, int64_t row, int64_t
                      philox::gumbel_at(seed, l, static_cast<uint32_t>(t), static_cast<uint32_t>(row),
                                        philox::kStreamGumbelTopk);
     s.soft[l] = p;
-    if (s.allowed[l] && (p > my_value || my_index == length)) {
+    if (s.allowed[l] && (my_index == length || ranks_ahead(p, l, my_value, my_index))) {
       my_value = p;
       my_index = l;
     }
@@ -63,8 +63,8 @@ __device__ int64_t draw(const double* logits, DrawShared s, int64_t row, int64_t
     if (threadIdx.x < stride) {
       const double v = best_value[threadIdx.x + stride];
       const int64_t i = best_index[threadIdx.x + stride];
-      const bool better = i < length && (best_index[threadIdx.x] == length || v > best_value[threadIdx.x] ||
-                                         (v == best_value[threadIdx.x] && i < best_index[threadIdx.x]));
+      const bool better = i < length && (best_index[threadIdx.x] == length ||
+                                         ranks_ahead(v, i, best_value[threadIdx.x], best_index[threadIdx.x]));
       if (better) {
         best_value[threadIdx.x] = v;
         best_index[threadIdx.x] = i;
@@ -133,19 +133,25 @@ size_t shared_bytes(int64_t length) { return static_cast<size_t>(length) * (2 * 
 
 }  // namespace
 
-void launch_gumbel_topk_forward(const double* logits, double* out, int64_t batch, int64_t length, int64_t k,
-                                double tau, bool hard, bool replacement, uint64_t seed, cudaStream_t stream) {
-  if (batch == 0) return;
+cudaError_t launch_gumbel_topk_forward(const double* logits, double* out, int64_t batch, int64_t length, int64_t k,
+                                       double tau, bool hard, bool replacement, uint64_t seed, cudaStream_t stream) {
+  if (batch == 0 || length == 0 || k == 0) return cudaSuccess;
+  const cudaError_t status = allow_dynamic_shared(forward_kernel, shared_bytes(length));
+  if (status != cudaSuccess) return status;
   forward_kernel<<<static_cast<unsigned>(batch), kThreads, shared_bytes(length), stream>>>(
       logits, out, length, k, tau, hard, replacement, seed);
+  return cudaGetLastError();
 }
 
-void launch_gumbel_topk_backward(const double* logits, const double* grad, double* out, int64_t batch,
-                                 int64_t length, int64_t k, double tau, bool replacement, uint64_t seed,
-                                 cudaStream_t stream) {
-  if (batch == 0) return;
+cudaError_t launch_gumbel_topk_backward(const double* logits, const double* grad, double* out, int64_t batch,
+                                        int64_t length, int64_t k, double tau, bool replacement, uint64_t seed,
+                                        cudaStream_t stream) {
+  if (batch == 0 || length == 0) return cudaSuccess;
+  const cudaError_t status = allow_dynamic_shared(backward_kernel, shared_bytes(length));
+  if (status != cudaSuccess) return status;
   backward_kernel<<<static_cast<unsigned>(batch), kThreads, shared_bytes(length), stream>>>(
       logits, grad, out, length, k, tau, replacement, seed);
+  return cudaGetLastError();
 }
 
 }  // namespace vidsel::cuda

@@ -7,6 +7,7 @@
 
 #include <cmath>
 
+#include "cuda/binding_common.h"
 #include "cuda/gumbel_topk.h"
 
 namespace vidsel::cuda {
@@ -30,8 +31,10 @@ at::Tensor gumbel_topk_cuda(const at::Tensor& logits_in, int64_t k, double tau, 
   const c10::cuda::CUDAGuard guard(logits_in.device());
   const at::Tensor logits = logits_in.to(at::kDouble).contiguous();
   at::Tensor out = at::empty({logits.size(0), k, logits.size(1)}, logits.options());
-  launch_gumbel_topk_forward(logits.data_ptr<double>(), out.data_ptr<double>(), logits.size(0), logits.size(1), k,
-                             tau, hard, replacement, static_cast<uint64_t>(seed), c10::cuda::getCurrentCUDAStream());
+  check_launch(launch_gumbel_topk_forward(logits.data_ptr<double>(), out.data_ptr<double>(), logits.size(0),
+                                          logits.size(1), k, tau, hard, replacement, static_cast<uint64_t>(seed),
+                                          c10::cuda::getCurrentCUDAStream()),
+               "gumbel_topk");
   return out.to(logits_in.scalar_type());
 }
 
@@ -46,9 +49,10 @@ at::Tensor gumbel_topk_backward_cuda(const at::Tensor& grad_in, const at::Tensor
   const at::Tensor logits = logits_in.to(at::kDouble).contiguous();
   const at::Tensor grad = grad_in.to(at::kDouble).contiguous();
   at::Tensor out = at::empty({logits.size(0), logits.size(1)}, logits.options());
-  launch_gumbel_topk_backward(logits.data_ptr<double>(), grad.data_ptr<double>(), out.data_ptr<double>(),
-                              logits.size(0), logits.size(1), k, tau, replacement, static_cast<uint64_t>(seed),
-                              c10::cuda::getCurrentCUDAStream());
+  check_launch(launch_gumbel_topk_backward(logits.data_ptr<double>(), grad.data_ptr<double>(), out.data_ptr<double>(),
+                                           logits.size(0), logits.size(1), k, tau, replacement,
+                                           static_cast<uint64_t>(seed), c10::cuda::getCurrentCUDAStream()),
+               "gumbel_topk_backward");
   return out.to(logits_in.scalar_type());
 }
 

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "cuda/binding_common.h"
 #include "cuda/perturbed_topk.h"
 
 namespace vidsel::cuda {
@@ -35,9 +36,11 @@ at::Tensor perturbed_topk_cuda(const at::Tensor& scores_in, int64_t k, int64_t n
   const at::Tensor scores = scores_in.to(at::kDouble).contiguous();
   const int64_t batch = scores.size(0), length = scores.size(1);
   at::Tensor counts = at::zeros({batch, k, length}, scores.options().dtype(at::kInt));
-  launch_perturbed_topk_forward(scores.data_ptr<double>(), counts.data_ptr<int32_t>(), batch, length, k,
-                                num_samples, sigma, static_cast<uint64_t>(seed),
-                                std::min<int64_t>(num_samples, kMaxChunks), c10::cuda::getCurrentCUDAStream());
+  check_launch(launch_perturbed_topk_forward(scores.data_ptr<double>(), counts.data_ptr<int32_t>(), batch, length, k,
+                                             num_samples, sigma, static_cast<uint64_t>(seed),
+                                             std::min<int64_t>(num_samples, kMaxChunks),
+                                             c10::cuda::getCurrentCUDAStream()),
+               "perturbed_topk");
   return (counts.to(at::kDouble) / static_cast<double>(num_samples)).to(scores_in.scalar_type());
 }
 
@@ -54,9 +57,10 @@ at::Tensor perturbed_topk_backward_cuda(const at::Tensor& grad_in, const at::Ten
   const at::Tensor grad = grad_in.to(at::kDouble).contiguous();
   const int64_t chunks = std::min<int64_t>(num_samples, kMaxChunks);
   at::Tensor partial = at::empty({batch, chunks, length}, scores.options());
-  launch_perturbed_topk_backward(scores.data_ptr<double>(), grad.data_ptr<double>(), partial.data_ptr<double>(),
-                                 batch, length, k, num_samples, sigma, static_cast<uint64_t>(seed), chunks,
-                                 c10::cuda::getCurrentCUDAStream());
+  check_launch(launch_perturbed_topk_backward(scores.data_ptr<double>(), grad.data_ptr<double>(),
+                                              partial.data_ptr<double>(), batch, length, k, num_samples, sigma,
+                                              static_cast<uint64_t>(seed), chunks, c10::cuda::getCurrentCUDAStream()),
+               "perturbed_topk_backward");
   return (partial.sum(1) / (static_cast<double>(num_samples) * sigma)).to(scores_in.scalar_type());
 }
 
@@ -67,8 +71,10 @@ at::Tensor philox_noise_cuda(const at::Tensor& like, int64_t seed, int64_t batch
               "vidsel(cuda): philox_noise arguments out of range");
   const c10::cuda::CUDAGuard guard(like.device());
   at::Tensor out = at::empty({batch, samples, length}, like.options().dtype(at::kDouble));
-  launch_philox_noise(out.data_ptr<double>(), batch, samples, length, static_cast<uint32_t>(stream),
-                      static_cast<int>(kind), static_cast<uint64_t>(seed), c10::cuda::getCurrentCUDAStream());
+  check_launch(launch_philox_noise(out.data_ptr<double>(), batch, samples, length, static_cast<uint32_t>(stream),
+                                   static_cast<int>(kind), static_cast<uint64_t>(seed),
+                                   c10::cuda::getCurrentCUDAStream()),
+               "philox_noise");
   return out;
 }
 

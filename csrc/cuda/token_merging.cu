@@ -4,6 +4,7 @@
 
 #include <cfloat>
 
+#include "cuda/device_check.cuh"
 #include "cuda/token_merging.h"
 
 namespace vidsel::cuda {
@@ -12,44 +13,33 @@ namespace {
 constexpr int kWarp = 32;
 constexpr int kRowsPerBlock = 4;  // one warp per A row
 
+// One warp per A row. For each B row the lanes split the feature dimension (coalesced loads) and a
+// butterfly reduction gives every lane the dot product; the running best follows ranks_ahead
+// (larger first, NaN after every number, ties to the lower index), so the index is always valid.
 template <typename T>
-__device__ T neg_infinity();
-template <>
-__device__ float neg_infinity<float>() { return -FLT_MAX * 2.0f; }
-template <>
-__device__ double neg_infinity<double>() { return -DBL_MAX * 2.0; }
-
-// One warp per A row: lanes stride over B rows, then a warp reduction keeps (max, lowest index).
-template <typename T>
-__global__ void best_partner_kernel(const T* a, const T* b, T* best, int64_t* best_index, int64_t na,
+__global__ void best_partner_kernel(const T* a, const T* b, T* best, int64_t* best_index, int64_t batch, int64_t na,
                                     int64_t nb, int64_t c) {
-  const int64_t batch = blockIdx.y;
   const int64_t row = blockIdx.x * kRowsPerBlock + threadIdx.x / kWarp;
   const int lane = threadIdx.x % kWarp;
   if (row >= na) return;
-  const T* a_row = a + (batch * na + row) * c;
-  const T* b_rows = b + batch * nb * c;
-  T lane_best = neg_infinity<T>();
-  int64_t lane_index = nb;
-  for (int64_t j = lane; j < nb; j += kWarp) {
-    T dot = 0;
-    for (int64_t k = 0; k < c; ++k) dot += a_row[k] * b_rows[j * c + k];
-    if (dot > lane_best) {  // strict: j grows within a lane, so the first maximum stays
-      lane_best = dot;
-      lane_index = j;
+  for (int64_t image = blockIdx.y; image < batch; image += gridDim.y) {
+    const T* a_row = a + (image * na + row) * c;
+    const T* b_rows = b + image * nb * c;
+    T best_dot = 0;
+    int64_t best_j = -1;
+    for (int64_t j = 0; j < nb; ++j) {
+      T dot = 0;
+      for (int64_t k = lane; k < c; k += kWarp) dot += a_row[k] * b_rows[j * c + k];
+      for (int offset = kWarp / 2; offset > 0; offset /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
+      if (best_j < 0 || ranks_ahead(static_cast<double>(dot), j, static_cast<double>(best_dot), best_j)) {
+        best_dot = dot;
+        best_j = j;
+      }
     }
-  }
-  for (int offset = kWarp / 2; offset > 0; offset /= 2) {
-    const T other = __shfl_down_sync(0xffffffffu, lane_best, offset);
-    const int64_t other_index = __shfl_down_sync(0xffffffffu, lane_index, offset);
-    if (other > lane_best || (other == lane_best && other_index < lane_index)) {
-      lane_best = other;
-      lane_index = other_index;
+    if (lane == 0) {
+      best[image * na + row] = best_dot;
+      best_index[image * na + row] = best_j;
     }
-  }
-  if (lane == 0) {
-    best[batch * na + row] = lane_best;
-    best_index[batch * na + row] = lane_index;
   }
 }
 
@@ -72,16 +62,25 @@ __device__ __half from_acc<__half>(float v) { return __float2half(v); }
 template <>
 __device__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
 
-// Grid: (rows of x, feature blocks). Each thread adds one feature of one row into its destination.
+// Grid: (output rows, feature blocks). Output row o of image b sums its sources in ascending source
+// order, order[b, offsets[b, o] .. offsets[b, o + 1]) (a stable sort of dst): the same bits every run,
+// no atomics. offsets (batch, n_out + 1) must span [0, n]: anything else means a dst out of range.
 template <typename T, typename Acc>
-__global__ void scatter_rows_kernel(const T* x, const int64_t* dst, const Acc* weight, Acc* acc, int64_t n,
-                                    int64_t d, int64_t n_out) {
-  const int64_t row = blockIdx.x;  // b * n + i
+__global__ void scatter_rows_kernel(const T* x, const int64_t* order, const int64_t* offsets, const Acc* weight,
+                                    Acc* acc, int64_t n, int64_t d, int64_t n_out) {
+  const int64_t out_row = blockIdx.x;  // b * n_out + o
   const int64_t feature = blockIdx.y * blockDim.x + threadIdx.x;
+  const int64_t b = out_row / n_out, o = out_row % n_out;
+  const int64_t* span = offsets + b * (n_out + 1);
+  if (o == 0 && feature == 0) VIDSEL_DEVICE_CHECK(span[0] == 0 && span[n_out] == n);
   if (feature >= d) return;
-  const int64_t b = row / n;
-  const Acc w = weight ? weight[row] : Acc(1);
-  atomicAdd(acc + (b * n_out + dst[row]) * d + feature, w * load_acc<T, Acc>(x + row * d + feature));
+  Acc total = 0;
+  for (int64_t s = span[o]; s < span[o + 1]; ++s) {
+    const int64_t source = b * n + order[b * n + s];
+    const Acc w = weight ? weight[source] : Acc(1);
+    total += w * load_acc<T, Acc>(x + source * d + feature);
+  }
+  acc[out_row * d + feature] = total;
 }
 
 template <typename T, typename Acc>
@@ -90,9 +89,10 @@ __global__ void gather_rows_kernel(const T* y, const int64_t* dst, const Acc* we
   const int64_t row = blockIdx.x;
   const int64_t feature = blockIdx.y * blockDim.x + threadIdx.x;
   if (feature >= d) return;
-  const int64_t b = row / n;
+  const int64_t b = row / n, target = dst[row];
+  VIDSEL_DEVICE_CHECK(target >= 0 && target < m);
   const Acc w = weight ? weight[row] : Acc(1);
-  const Acc v = w * load_acc<T, Acc>(y + (b * m + dst[row]) * d + feature);
+  const Acc v = w * load_acc<T, Acc>(y + (b * m + target) * d + feature);
   if constexpr (sizeof(Acc) == sizeof(double)) {
     out[row * d + feature] = v;
   } else {
@@ -115,38 +115,43 @@ void dispatch_kind(ScalarKind kind, Launch&& launch) {
 
 }  // namespace
 
-void launch_best_partner(const void* a, const void* b, void* best, int64_t* best_index, int64_t batch,
-                         int64_t na, int64_t nb, int64_t c, bool is_double, cudaStream_t stream) {
-  if (batch == 0 || na == 0) return;
-  const dim3 grid(static_cast<unsigned>(ceil_div(na, kRowsPerBlock)), static_cast<unsigned>(batch));
+cudaError_t launch_best_partner(const void* a, const void* b, void* best, int64_t* best_index, int64_t batch,
+                                int64_t na, int64_t nb, int64_t c, bool is_double, cudaStream_t stream) {
+  if (batch == 0 || na == 0 || nb == 0) return cudaSuccess;
+  const dim3 grid(static_cast<unsigned>(ceil_div(na, kRowsPerBlock)), grid_y_for(batch));
   const int threads = kRowsPerBlock * kWarp;
   if (is_double) {
     best_partner_kernel<double><<<grid, threads, 0, stream>>>(static_cast<const double*>(a),
-        static_cast<const double*>(b), static_cast<double*>(best), best_index, na, nb, c);
+        static_cast<const double*>(b), static_cast<double*>(best), best_index, batch, na, nb, c);
   } else {
     best_partner_kernel<float><<<grid, threads, 0, stream>>>(static_cast<const float*>(a),
-        static_cast<const float*>(b), static_cast<float*>(best), best_index, na, nb, c);
+        static_cast<const float*>(b), static_cast<float*>(best), best_index, batch, na, nb, c);
   }
+  return cudaGetLastError();
 }
 
-void launch_scatter_rows(const void* x, ScalarKind kind, const int64_t* dst, const void* weight, void* acc,
-                         int64_t batch, int64_t n, int64_t d, int64_t n_out, cudaStream_t stream) {
-  if (batch * n == 0 || d == 0) return;
-  const dim3 grid(static_cast<unsigned>(batch * n), static_cast<unsigned>(ceil_div(d, kFeatureThreads)));
+cudaError_t launch_scatter_rows(const void* x, ScalarKind kind, const int64_t* order, const int64_t* offsets,
+                                const void* weight, void* acc, int64_t batch, int64_t n, int64_t d, int64_t n_out,
+                                cudaStream_t stream) {
+  if (batch * n_out == 0 || d == 0) return cudaSuccess;
+  const dim3 grid(static_cast<unsigned>(batch * n_out), static_cast<unsigned>(ceil_div(d, kFeatureThreads)));
   dispatch_kind(kind, [&]<typename T, typename Acc>() {
     scatter_rows_kernel<T, Acc><<<grid, kFeatureThreads, 0, stream>>>(
-        static_cast<const T*>(x), dst, static_cast<const Acc*>(weight), static_cast<Acc*>(acc), n, d, n_out);
+        static_cast<const T*>(x), order, offsets, static_cast<const Acc*>(weight), static_cast<Acc*>(acc), n, d,
+        n_out);
   });
+  return cudaGetLastError();
 }
 
-void launch_gather_rows(const void* y, ScalarKind kind, const int64_t* dst, const void* weight, void* out,
-                        int64_t batch, int64_t m, int64_t n, int64_t d, cudaStream_t stream) {
-  if (batch * n == 0 || d == 0) return;
+cudaError_t launch_gather_rows(const void* y, ScalarKind kind, const int64_t* dst, const void* weight, void* out,
+                               int64_t batch, int64_t m, int64_t n, int64_t d, cudaStream_t stream) {
+  if (batch * n == 0 || d == 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>(batch * n), static_cast<unsigned>(ceil_div(d, kFeatureThreads)));
   dispatch_kind(kind, [&]<typename T, typename Acc>() {
     gather_rows_kernel<T, Acc><<<grid, kFeatureThreads, 0, stream>>>(
         static_cast<const T*>(y), dst, static_cast<const Acc*>(weight), static_cast<T*>(out), m, n, d);
   });
+  return cudaGetLastError();
 }
 
 }  // namespace vidsel::cuda

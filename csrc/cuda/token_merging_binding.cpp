@@ -14,6 +14,15 @@ namespace {
 
 constexpr int64_t kAlternate = 0;
 
+// Positions of `scores` (B, M) from best to worst: larger first, NaN after every number, ties to the
+// lower position (the ranks_ahead rule of the kernels). Two stable sorts: by value, then NaN-ness.
+at::Tensor rank_descending_nan_last(const at::Tensor& scores) {
+  const at::Tensor by_value = std::get<1>(at::sort(scores, /*stable=*/true, /*dim=*/1, /*descending=*/true));
+  const at::Tensor nan_flags = scores.isnan().gather(1, by_value).to(at::kChar);
+  const at::Tensor by_nan = std::get<1>(at::sort(nan_flags, /*stable=*/true, /*dim=*/1, /*descending=*/false));
+  return by_value.gather(1, by_nan);
+}
+
 at::Tensor take_rows(const at::Tensor& x, const at::Tensor& positions) {
   return x.gather(1, positions.unsqueeze(-1).expand({-1, -1, x.size(2)}));
 }
@@ -53,13 +62,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bipartite_match_cuda(
       return (rows / rows.norm(2, -1, true).clamp_min(1e-12)).contiguous();
     };
     const at::Tensor a = normalised(take_rows(metric, a_pos)), b = normalised(take_rows(metric, b_pos));
-    launch_best_partner(a.data_ptr(), b.data_ptr(), scores.data_ptr(), partner.data_ptr<int64_t>(), batch, na, nb,
-                        metric.size(2), is_double, c10::cuda::getCurrentCUDAStream());
+    check_launch(launch_best_partner(a.data_ptr(), b.data_ptr(), scores.data_ptr(), partner.data_ptr<int64_t>(),
+                                     batch, na, nb, metric.size(2), is_double, c10::cuda::getCurrentCUDAStream()),
+                 "bipartite_match");
   }
 
-  at::Tensor chosen = partition == kAlternate
-                          ? std::get<1>(at::sort(scores, true, 1, true)).slice(1, 0, r)
-                          : at::arange(na, long_opts).expand({batch, -1});
+  at::Tensor chosen = partition == kAlternate ? rank_descending_nan_last(scores).slice(1, 0, r)
+                                              : at::arange(na, long_opts).expand({batch, -1});
   chosen = std::get<0>(at::sort(chosen, 1));
   const at::Tensor merged_index = a_pos.gather(1, chosen);
   const at::Tensor merged_into = b_pos.gather(1, partner.gather(1, chosen));
@@ -88,12 +97,19 @@ at::Tensor scatter_rows_cuda(const at::Tensor& x_in, const at::Tensor& dst_in,
               "vidsel(cuda): scatter_rows needs x (B, N, D) and dst_index (B, N)");
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), dst = dst_in.contiguous();
-  check_index_range(dst, n_out, "dst_index");
+  check_index_dtype(dst, "dst_index");
+  TORCH_CHECK(n_out >= 0, "vidsel(cuda): n_out must be >= 0");
   const at::ScalarType acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const at::Tensor w = weights_for(weight, dst, acc_type);
-  at::Tensor acc = at::zeros({x.size(0), n_out, x.size(2)}, x.options().dtype(acc_type));
-  launch_scatter_rows(x.data_ptr(), scalar_kind(x), dst.data_ptr<int64_t>(), w.defined() ? w.data_ptr() : nullptr,
-                      acc.data_ptr(), x.size(0), x.size(1), x.size(2), n_out, c10::cuda::getCurrentCUDAStream());
+  // Sources grouped by destination in ascending source order: a deterministic sum without atomics.
+  const auto [sorted_dst, order] = at::sort(dst, /*stable=*/true, /*dim=*/1, /*descending=*/false);
+  const at::Tensor bounds = at::arange(n_out + 1, dst.options()).expand({dst.size(0), -1}).contiguous();
+  const at::Tensor offsets = at::searchsorted(sorted_dst, bounds).contiguous();
+  at::Tensor acc = at::empty({x.size(0), n_out, x.size(2)}, x.options().dtype(acc_type));
+  check_launch(launch_scatter_rows(x.data_ptr(), scalar_kind(x), order.contiguous().data_ptr<int64_t>(),
+                                   offsets.data_ptr<int64_t>(), w.defined() ? w.data_ptr() : nullptr, acc.data_ptr(),
+                                   x.size(0), x.size(1), x.size(2), n_out, c10::cuda::getCurrentCUDAStream()),
+               "scatter_rows");
   return acc.to(x.scalar_type());
 }
 
@@ -105,12 +121,14 @@ at::Tensor gather_rows_cuda(const at::Tensor& y_in, const at::Tensor& dst_in,
               "vidsel(cuda): gather_rows needs y (B, M, D) and dst_index (B, N)");
   const c10::cuda::CUDAGuard guard(y_in.device());
   const at::Tensor y = y_in.contiguous(), dst = dst_in.contiguous();
-  check_index_range(dst, y.size(1), "dst_index");
+  check_index_dtype(dst, "dst_index");
   const at::ScalarType acc_type = y.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const at::Tensor w = weights_for(weight, dst, acc_type);
   at::Tensor out = at::empty({dst.size(0), dst.size(1), y.size(2)}, y.options());
-  launch_gather_rows(y.data_ptr(), scalar_kind(y), dst.data_ptr<int64_t>(), w.defined() ? w.data_ptr() : nullptr,
-                     out.data_ptr(), y.size(0), y.size(1), dst.size(1), y.size(2), c10::cuda::getCurrentCUDAStream());
+  check_launch(launch_gather_rows(y.data_ptr(), scalar_kind(y), dst.data_ptr<int64_t>(),
+                                  w.defined() ? w.data_ptr() : nullptr, out.data_ptr(), y.size(0), y.size(1),
+                                  dst.size(1), y.size(2), c10::cuda::getCurrentCUDAStream()),
+               "gather_rows");
   return out;
 }
 

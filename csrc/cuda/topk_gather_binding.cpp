@@ -4,18 +4,16 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "cuda/binding_common.h"
 #include "cuda/topk_gather.h"
 
 namespace vidsel::cuda {
 namespace {
 
-#define VIDSEL_TOPK_CHECK_CUDA(t, name) \
-  TORCH_CHECK((t).is_cuda(), "vidsel(cuda): ", name, " must be a CUDA tensor, got ", (t).device())
-
 std::tuple<at::Tensor, at::Tensor> topk_gather_cuda(const at::Tensor& x_in, const at::Tensor& scores_in, int64_t k,
                                                     bool sorted_by_index) {
-  VIDSEL_TOPK_CHECK_CUDA(x_in, "x");
-  VIDSEL_TOPK_CHECK_CUDA(scores_in, "scores");
+  VIDSEL_CHECK_CUDA(x_in, "x");
+  VIDSEL_CHECK_CUDA(scores_in, "scores");
   TORCH_CHECK(x_in.dim() == 3 && scores_in.dim() == 2, "vidsel(cuda): topk_gather needs x (B, N, D), scores (B, N)");
   const int64_t groups = x_in.size(0), n = x_in.size(1), d = x_in.size(2);
   TORCH_CHECK(scores_in.size(0) == groups && scores_in.size(1) == n, "vidsel(cuda): scores must have shape (",
@@ -30,33 +28,32 @@ std::tuple<at::Tensor, at::Tensor> topk_gather_cuda(const at::Tensor& x_in, cons
   at::Tensor index = at::empty({groups, k}, scores.options().dtype(at::kLong));
   at::Tensor selected = at::empty({groups, k, d}, x.options());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  launch_topk_indices(scores.data_ptr<double>(), rank.data_ptr<int32_t>(), index.data_ptr<int64_t>(), groups, n, k,
-                      sorted_by_index, stream);
-  launch_gather_selected_rows(x.data_ptr(), index.data_ptr<int64_t>(), selected.data_ptr(), groups, n, k,
-                              d * static_cast<int64_t>(x.element_size()), stream);
+  check_launch(launch_topk_indices(scores.data_ptr<double>(), rank.data_ptr<int32_t>(), index.data_ptr<int64_t>(),
+                                   groups, n, k, sorted_by_index, stream),
+               "topk_gather (ranking)");
+  check_launch(launch_gather_selected_rows(x.data_ptr(), index.data_ptr<int64_t>(), selected.data_ptr(), groups, n, k,
+                                           d * static_cast<int64_t>(x.element_size()), stream),
+               "topk_gather (row copy)");
   return {selected, index};
 }
 
 at::Tensor topk_gather_backward_cuda(const at::Tensor& grad_in, const at::Tensor& index_in, int64_t n) {
-  VIDSEL_TOPK_CHECK_CUDA(grad_in, "grad");
-  VIDSEL_TOPK_CHECK_CUDA(index_in, "index");
+  VIDSEL_CHECK_CUDA(grad_in, "grad");
+  VIDSEL_CHECK_CUDA(index_in, "index");
   TORCH_CHECK(grad_in.dim() == 3 && index_in.dim() == 2 && index_in.size(0) == grad_in.size(0) &&
                   index_in.size(1) == grad_in.size(1),
               "vidsel(cuda): topk_gather_backward needs grad (B, k, D) and index (B, k)");
-  TORCH_CHECK(index_in.scalar_type() == at::kLong, "vidsel(cuda): index must be int64");
+  check_index_dtype(index_in, "index");
   TORCH_CHECK(n >= grad_in.size(1), "vidsel(cuda): n must be >= k");
   TORCH_CHECK(grad_in.element_size() % 2 == 0, "vidsel(cuda): unsupported dtype ", grad_in.scalar_type());
   const c10::cuda::CUDAGuard guard(grad_in.device());
   const at::Tensor grad = grad_in.contiguous(), index = index_in.contiguous();
-  if (index.numel() > 0) {
-    const auto [lo, hi] = at::aminmax(index);
-    TORCH_CHECK(lo.item<int64_t>() >= 0 && hi.item<int64_t>() < n, "vidsel(cuda): index values must lie in [0, ", n,
-                ")");
-  }
   at::Tensor grad_x = at::empty({grad.size(0), n, grad.size(2)}, grad.options());
-  launch_scatter_selected_rows(grad.data_ptr(), index.data_ptr<int64_t>(), grad_x.data_ptr(), grad.size(0), n,
-                               grad.size(1), grad.size(2) * static_cast<int64_t>(grad.element_size()),
-                               c10::cuda::getCurrentCUDAStream());
+  check_launch(launch_scatter_selected_rows(grad.data_ptr(), index.data_ptr<int64_t>(), grad_x.data_ptr(),
+                                            grad.size(0), n, grad.size(1),
+                                            grad.size(2) * static_cast<int64_t>(grad.element_size()),
+                                            c10::cuda::getCurrentCUDAStream()),
+               "topk_gather_backward");
   return grad_x;
 }
 

@@ -1,12 +1,14 @@
-"""The three STTS backbones: torchvision MViT-B 16×4, torchvision Video Swin-B, compact TimeSformer.
+"""The three STTS backbones: torchvision MViT-B 16×4, torchvision Video Swin-B, TimeSformer-8×224.
 
-Each wraps the unmodified backbone modules and runs its blocks itself, calling the STTS selectors
-(`vidsel.models.stts`) on the (B, T, H, W, C) token grid before the configured blocks. Public
-names are re-exported by `vidsel.models.stts`; build through `vidsel.create_model`.
+Each wraps the unmodified backbone modules and runs its blocks itself, calling the STTS selector
+layers (`vidsel.nn.TemporalSelector`, `vidsel.nn.AnchorSpatialSelector`) on the (B, T, H, W, C)
+token grid before the configured blocks. Public names are re-exported by `vidsel.models.stts`
+(which parses the model names); build through `vidsel.create_model`.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -14,14 +16,15 @@ from torch import Tensor, nn
 from torchvision.models.video.mvit import MSBlockConfig, MViT
 from torchvision.models.video.swin_transformer import SwinTransformer3d
 
-from vidsel.models._stts_timesformer import TimeSformer
-from vidsel.models.stts import _STTSModel, anchor_side, frames_kept
+from vidsel.models.timesformer import TimeSformer
+from vidsel.nn import AnchorSpatialSelector, TemporalSelector
+from vidsel.nn.stts_selectors import anchor_side, frames_kept
 
 Grid = tuple[int, int, int]
 
 
 def _apply_plan(specs, block: int, grid: Grid) -> Grid:
-    """Token grid after the selections inserted before `block` (the count formulas of stts.py)."""
+    """Token grid after the selections inserted before `block` (`frames_kept`, `anchor_side`)."""
     frames, height, width = grid
     for spec in specs:
         if spec.block != block:
@@ -40,6 +43,65 @@ def _split_cls(x: Tensor, thw: Grid) -> tuple[Tensor, Tensor]:
 
 def _join_cls(cls: Tensor, grid: Tensor) -> tuple[Tensor, Grid]:
     return torch.cat([cls, grid.flatten(1, 3)], dim=1), tuple(grid.shape[1:4])
+
+
+def make_selector(spec, dim: int, *, num_samples: int, sigma: float, impl: str,
+                  anchor_stride: int | None) -> TemporalSelector | AnchorSpatialSelector:
+    """The selector layer of one SelectionSpec ("T": frames, "S": anchor) on `dim` channels."""
+    kwargs = dict(num_samples=num_samples, sigma=sigma, impl=impl)
+    if spec.kind == "T":
+        return TemporalSelector(dim, spec.ratio, **kwargs)
+    return AnchorSpatialSelector(dim, spec.ratio, stride=anchor_stride, **kwargs)
+
+
+class _STTSModel(nn.Module):
+    """Common API of the three STTS models: σ control, selector lookup, example inputs."""
+
+    config: object
+    specs: tuple
+    selectors: nn.ModuleList
+
+    def set_sigma(self, sigma: float) -> None:
+        """Sets σ of every selector (call with `sigma_at(step, total, sigma0)` each training step)."""
+        if sigma < 0:
+            raise ValueError(f"sigma must be >= 0, got {sigma}")
+        for selector in self.selectors:
+            selector.sigma = float(sigma)
+
+    def selector_parameters(self):
+        """Parameters of the scorer networks (the paper trains them at 100× the backbone lr)."""
+        return [p for s in self.selectors for p in s.parameters()]
+
+    def backbone_parameters(self):
+        ids = {id(p) for p in self.selector_parameters()}
+        return [p for p in self.parameters() if id(p) not in ids]
+
+    def _selectors_before(self, block: int):
+        return [s for s, spec in zip(self.selectors, self.specs) if spec.block == block]
+
+    def _apply_selectors(self, block: int, grid: Tensor) -> Tensor:
+        for selector in self._selectors_before(block):
+            grid = selector(grid)
+        return grid
+
+    def example_inputs(self, batch_size: int = 1) -> tuple[Tensor]:
+        """One random clip batch (B, 3, num_frames, img_size, img_size) on the model's device."""
+        device = next(self.parameters()).device
+        cfg = self.config
+        return (torch.randn(batch_size, 3, cfg.num_frames, cfg.img_size, cfg.img_size, device=device),)
+
+    def _check_specs(self, depth: int) -> None:
+        for spec in self.specs:
+            if spec.block >= depth:
+                raise ValueError(f"selection {spec.label}: block {spec.block} does not exist (depth {depth})")
+
+    def _build_selectors(self, dims: list[int]) -> nn.ModuleList:
+        cfg = self.config
+        return nn.ModuleList(
+            make_selector(spec, dims[spec.block], num_samples=cfg.num_samples, sigma=cfg.sigma,
+                          impl=cfg.impl, anchor_stride=cfg.anchor_stride)
+            for spec in self.specs
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,11 +316,43 @@ class TimeSformerSTTSConfig:
     impl: str = "auto"
 
 
+# STTS TimeSformer checkpoints name two tensors their own way: the patch embedding's Conv2d is
+# `patch_embed` itself and the temporal LayerNorm is `temporal_norm`, where
+# `vidsel.models.timesformer` has `patch_embed.proj` and `temporal_norm1`. The model translates on
+# save and load, so its state_dict keys are the checkpoint's.
+_TO_CHECKPOINT = ((r"patch_embed\.proj\.(weight|bias)", r"patch_embed.\1"),
+                  (r"(blocks\.\d+\.)temporal_norm1\.(weight|bias)", r"\1temporal_norm.\2"))
+_FROM_CHECKPOINT = ((r"patch_embed\.(weight|bias)", r"patch_embed.proj.\1"),
+                    (r"(blocks\.\d+\.)temporal_norm\.(weight|bias)", r"\1temporal_norm1.\2"))
+
+
+def _rename_keys(state_dict: dict, prefix: str, rules) -> None:
+    """Renames, in place and in order, the keys under `prefix` that fully match a rule."""
+    compiled = [(re.compile(re.escape(prefix) + pattern), prefix + repl) for pattern, repl in rules]
+    items = list(state_dict.items())
+    state_dict.clear()
+    for key, value in items:
+        for pattern, repl in compiled:
+            if pattern.fullmatch(key):
+                key = pattern.sub(repl, key)
+                break
+        state_dict[key] = value
+
+
+def _save_checkpoint_names(module, state_dict, prefix, local_metadata) -> None:
+    _rename_keys(state_dict, prefix, _TO_CHECKPOINT)
+
+
+def _load_checkpoint_names(module, state_dict, prefix, *args) -> None:
+    _rename_keys(state_dict, prefix, _FROM_CHECKPOINT)
+
+
 class STTSTimeSformer(_STTSModel):
-    """TimeSformer with selections before the configured blocks.
+    """TimeSformer (divided space-time, `vidsel.models.timesformer`, with head) with selections
+    before the configured blocks.
 
     forward: video (B, 3, T, H, W) -> logits (B, num_classes); tokens before block 0 are
-    (T, H/16, W/16) = (8, 14, 14) plus the class token.
+    (T, H/16, W/16) = (8, 14, 14) plus the class token, which is never selected.
     """
 
     def __init__(self, config: TimeSformerSTTSConfig):
@@ -272,7 +366,10 @@ class STTSTimeSformer(_STTSModel):
             depth=config.depth,
             num_heads=config.num_heads,
             num_classes=config.num_classes,
+            weight_init="torch",
         )
+        self.backbone.register_state_dict_post_hook(_save_checkpoint_names)
+        self.backbone.register_load_state_dict_pre_hook(_load_checkpoint_names)
         self._check_specs(config.depth)
         self.selectors = self._build_selectors([config.embed_dim] * config.depth)
 
@@ -287,10 +384,12 @@ class STTSTimeSformer(_STTSModel):
 
     def forward(self, video: Tensor) -> Tensor:
         backbone = self.backbone
-        x, thw = backbone.embed(video)
+        cls, x = backbone.embed(video)  # (B, 1, D), (B, T, h·w, D)
+        side = self.config.img_size // self.config.patch_size
+        thw = (x.shape[1], side, side)
         for index, block in enumerate(backbone.blocks):
             if self._selectors_before(index):
-                cls, grid = _split_cls(x, thw)
-                x, thw = _join_cls(cls, self._apply_selectors(index, grid))
-            x = block(x, thw)
-        return backbone.classify(x)
+                grid = self._apply_selectors(index, x.reshape(x.shape[0], *thw, x.shape[-1]))
+                thw, x = tuple(grid.shape[1:4]), grid.flatten(2, 3)
+            cls, x = block(cls, x)
+        return backbone.forward_head(backbone.final_tokens(cls, x))

@@ -1,21 +1,14 @@
 """STTS: dynamic spatio-temporal token selection for video transformers (Wang et al., ECCV 2022).
 
-The selection modules of STTS §3.2–3.3 on three backbones:
-
-* `ScorerNetwork` — eq. 2–3: FC to C/2 (local features), their mean over the sequence (global
-  feature) concatenated to every token, FC to 1, min-max normalisation of the L scores.
-* `TemporalSelector` — §3.3 "Temporal selection": frame tokens = spatial average of each frame's
-  tokens, scored, the K best frames kept (eq. 9 as `vidsel.ops.frame_select`).
-* `AnchorSpatialSelector` — §3.3 "Spatial selection": token scores per frame, averaged over every
-  square anchor of side a, the best anchor kept (top-1, `vidsel.ops.anchor_select`).
-
-Both use the perturbed-maximum top-k (eq. 5–8, `vidsel.ops.perturbed_topk` inside the ops) while
-training with σ > 0 and the hard top-k (a gather) in eval, as in §3.2; `sigma_at` is the linear
-decay of σ to 0 over training that closes the train/test gap.
+The selection layers of STTS §3.2–3.3 (`vidsel.nn.ScorerNetwork` eq. 2–3,
+`vidsel.nn.TemporalSelector` eq. 9, `vidsel.nn.AnchorSpatialSelector`; perturbed top-k eq. 5–8
+while training with σ > 0, hard top-k in eval) inserted on the (B, T, H, W, C) token grid before
+the configured blocks of three backbones. `sigma_at` (re-exported from `vidsel.nn.stts_selectors`)
+is the linear decay of σ to 0 over training that closes the train/test gap.
 
 Backbones (built here with random weights, never downloaded): torchvision's `mvit_v1_b`
 (MViT-B 16×4), torchvision's `swin3d_b` (Video Swin-B, temporal selection only, as in the paper)
-and a compact divided space-time TimeSformer-8×224 (`vidsel.models._stts_timesformer`).
+and the divided space-time TimeSformer-8×224 of `vidsel.models.timesformer` with its head.
 
 Config strings follow the paper's B-T_R^L-S_R^L notation (§4.1)::
 
@@ -35,16 +28,23 @@ Shapes (batch B, RGB clip): input (B, 3, num_frames, img_size, img_size) -> logi
 
 from __future__ import annotations
 
-import math
 import re
+import warnings
 from dataclasses import dataclass, fields
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from vidsel.models._registry import register_model, register_model_pattern
-from vidsel.ops.anchor_select import anchor_select
-from vidsel.ops.frame_select import frame_select
+from vidsel.models._stts_backbones import (
+    MViTSTTSConfig,
+    STTSMViT,
+    STTSSwin3d,
+    STTSTimeSformer,
+    SwinSTTSConfig,
+    TimeSformerSTTSConfig,
+)
+from vidsel.nn import stts_selectors
+from vidsel.nn.stts_selectors import anchor_side, frames_kept, sigma_at
 
 __all__ = [
     "SelectionSpec",
@@ -53,9 +53,6 @@ __all__ = [
     "sigma_at",
     "frames_kept",
     "anchor_side",
-    "ScorerNetwork",
-    "TemporalSelector",
-    "AnchorSpatialSelector",
     "MViTSTTSConfig",
     "SwinSTTSConfig",
     "TimeSformerSTTSConfig",
@@ -68,7 +65,7 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------------------------
-# Config grammar and the ratio -> count rules
+# Config grammar (the ratio -> count rules are vidsel.nn.stts_selectors.frames_kept / anchor_side)
 # ---------------------------------------------------------------------------------------------
 
 _TERM = r"-[TS](?:\d+(?:\.\d*)?|\.\d+)@\d+"
@@ -131,221 +128,6 @@ def split_name(name: str) -> tuple[str, tuple[SelectionSpec, ...]]:
     return backbone, parse_selections(name[len(backbone):])
 
 
-def _round_half_up(value: float) -> int:
-    return int(math.floor(value + 0.5 + 1e-9))
-
-
-def frames_kept(num_frames: int, ratio: float) -> int:
-    """K = round(T·r), at least 1 and at most T (temporal selection, §3.3)."""
-    return min(num_frames, max(1, _round_half_up(num_frames * ratio)))
-
-
-def anchor_side(height: int, width: int, ratio: float) -> int:
-    """a = round(sqrt(H·W·r)), the side of the square anchor, clamped to [1, min(H, W)] (§3.3)."""
-    return min(height, width, max(1, _round_half_up(math.sqrt(height * width * ratio))))
-
-
-def sigma_at(step: int, total: int, sigma0: float = 0.1) -> float:
-    """σ of eq. 7 at training `step` of `total`: linear decay from sigma0 to 0 (§3.2, end).
-
-    At σ = 0 the perturbed top-k equals the hard top-k used at inference (and the scorer receives
-    no gradient), so decaying σ to zero removes the train/test gap. σ0 = 0.1 in the paper (Table 8).
-    """
-    if total <= 0:
-        raise ValueError(f"total must be a positive number of steps, got {total}")
-    if step < 0:
-        raise ValueError(f"step must be >= 0, got {step}")
-    if sigma0 < 0:
-        raise ValueError(f"sigma0 must be >= 0, got {sigma0}")
-    return float(sigma0) * max(0.0, 1.0 - step / total)
-
-
-# ---------------------------------------------------------------------------------------------
-# Scorer network and the two selectors
-# ---------------------------------------------------------------------------------------------
-
-
-def min_max_normalize(scores: Tensor, eps: float = 1e-6) -> Tensor:
-    """Eq. 3: (s' − min s') / (max s' − min s') over the last dimension; (B, L) -> (B, L) in [0, 1]."""
-    low = scores.amin(dim=-1, keepdim=True)
-    high = scores.amax(dim=-1, keepdim=True)
-    return (scores - low) / (high - low + eps)
-
-
-class ScorerNetwork(nn.Module):
-    """Eq. 2–3: importance score of each of L tokens, input-conditioned and in [0, 1].
-
-    f^l = GELU(FC(LN(q))) ∈ R^{L×C/2}; f^g = mean_i f^l_i; s' = FC([f^l_i, f^g]) ∈ R^L; s = minmax(s').
-    The input LayerNorm keeps the scores independent of the token scale where the selector is
-    inserted (before block 0 the tokens are raw patch embeddings); it costs 5 FLOPs per element.
-
-    forward: tokens (B, L, C) -> scores (B, L).
-    """
-
-    def __init__(self, dim: int):
-        super().__init__()
-        hidden = max(1, dim // 2)
-        self.norm = nn.LayerNorm(dim)
-        self.local = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.score = nn.Linear(2 * hidden, 1)
-
-    def raw_scores(self, tokens: Tensor) -> Tensor:
-        """s' of eq. 3 (before normalisation): (B, L, C) -> (B, L)."""
-        local = self.act(self.local(self.norm(tokens)))
-        global_ = local.mean(dim=1, keepdim=True).expand_as(local)
-        return self.score(torch.cat([local, global_], dim=-1)).squeeze(-1)
-
-    def forward(self, tokens: Tensor) -> Tensor:
-        return min_max_normalize(self.raw_scores(tokens))
-
-
-class _Selector(nn.Module):
-    """Shared state: σ of eq. 7, the number of perturbed samples n, the op backend."""
-
-    def __init__(self, dim: int, ratio: float, *, num_samples: int = 500, sigma: float = 0.1, impl: str = "auto"):
-        super().__init__()
-        if not 0.0 < ratio <= 1.0:
-            raise ValueError(f"ratio must be in (0, 1], got {ratio}")
-        self.dim, self.ratio = dim, float(ratio)
-        self.num_samples, self.sigma, self.impl = int(num_samples), float(sigma), impl
-        self.scorer = ScorerNetwork(dim)
-
-    def _mode_kwargs(self) -> dict:
-        """Perturbed top-k while training with σ > 0, hard top-k otherwise (§3.2)."""
-        if self.training and self.sigma > 0:
-            return dict(mode="perturbed", num_samples=self.num_samples, sigma=self.sigma, impl=self.impl)
-        return dict(mode="hard", impl=self.impl)
-
-    def extra_repr(self) -> str:
-        return f"dim={self.dim}, ratio={self.ratio:g}, sigma={self.sigma:g}, num_samples={self.num_samples}"
-
-
-class TemporalSelector(_Selector):
-    """Keeps K = round(T·r) frames of a token grid (§3.3, eq. 9).
-
-    forward: grid (B, T, H, W, C) -> (B, K, H, W, C); in eval the K best frames in temporal order,
-    in training (σ > 0) the perturbed indicator Y_σ (eq. 7) applied to the frames, Y_σᵀ x̄.
-    """
-
-    def num_kept(self, frames: int) -> int:
-        return frames_kept(frames, self.ratio)
-
-    def frame_scores(self, grid: Tensor) -> Tensor:
-        """(B, T, H, W, C) -> (B, T): the scorer on frame tokens (spatial average of each frame)."""
-        return self.scorer(grid.flatten(2, 3).mean(dim=2))
-
-    def forward(self, grid: Tensor) -> Tensor:
-        batch, frames, height, width, dim = grid.shape
-        kept = self.num_kept(frames)
-        tokens = grid.reshape(batch, frames, height * width, dim)
-        out = frame_select(tokens, self.frame_scores(grid), kept, **self._mode_kwargs())
-        return out.reshape(batch, kept, height, width, dim)
-
-
-class AnchorSpatialSelector(_Selector):
-    """Keeps one square anchor of side a = round(sqrt(H·W·r)) per frame (§3.3, anchor-based).
-
-    Token scores per frame (the scorer sees the frame's H·W tokens, its global feature is the
-    frame mean), averaged within every anchor of the grid (stride `stride`, see `anchor_stride`),
-    top-1 anchor. forward: grid (B, T, H, W, C) -> (B, T, a, a, C).
-    """
-
-    def __init__(self, dim: int, ratio: float, *, stride: int | None = None, **kwargs):
-        super().__init__(dim, ratio, **kwargs)
-        self.stride = stride
-
-    def side(self, height: int, width: int) -> int:
-        return anchor_side(height, width, self.ratio)
-
-    def token_scores(self, grid: Tensor) -> Tensor:
-        """(B, T, H, W, C) -> (B, T, H, W) scores, min-max normalised within each frame."""
-        batch, frames, height, width, dim = grid.shape
-        scores = self.scorer(grid.reshape(batch * frames, height * width, dim))
-        return scores.reshape(batch, frames, height, width)
-
-    def forward(self, grid: Tensor) -> Tensor:
-        height, width = grid.shape[2:4]
-        side = self.side(height, width)
-        stride = self.anchor_stride(height, width)
-        return anchor_select(grid, self.token_scores(grid), (side, side), (stride, stride), **self._mode_kwargs())
-
-    def anchor_stride(self, height: int, width: int) -> int:
-        """α of §3.3: the configured stride, else max((min(H, W) − a) // 2, 1) — at most 3 anchor
-        positions per axis, the default of the STTS implementation (a few anchors keep the perturbed
-        top-1 and its windowed sum cheap)."""
-        if self.stride is not None:
-            return self.stride
-        return max((min(height, width) - self.side(height, width)) // 2, 1)
-
-
-def make_selector(spec: SelectionSpec, dim: int, *, num_samples: int, sigma: float, impl: str,
-                  anchor_stride: int | None) -> _Selector:
-    kwargs = dict(num_samples=num_samples, sigma=sigma, impl=impl)
-    if spec.kind == "T":
-        return TemporalSelector(dim, spec.ratio, **kwargs)
-    return AnchorSpatialSelector(dim, spec.ratio, stride=anchor_stride, **kwargs)
-
-
-class _STTSModel(nn.Module):
-    """Common API of the three STTS models: σ control, selector lookup, example inputs."""
-
-    config: object
-    selectors: nn.ModuleList
-
-    def set_sigma(self, sigma: float) -> None:
-        """Sets σ of every selector (call with `sigma_at(step, total, sigma0)` each training step)."""
-        if sigma < 0:
-            raise ValueError(f"sigma must be >= 0, got {sigma}")
-        for selector in self.selectors:
-            selector.sigma = float(sigma)
-
-    def selector_parameters(self):
-        """Parameters of the scorer networks (the paper trains them at 100× the backbone lr)."""
-        return [p for s in self.selectors for p in s.parameters()]
-
-    def backbone_parameters(self):
-        ids = {id(p) for p in self.selector_parameters()}
-        return [p for p in self.parameters() if id(p) not in ids]
-
-    def _selectors_before(self, block: int):
-        return [s for s, spec in zip(self.selectors, self.specs) if spec.block == block]
-
-    def _apply_selectors(self, block: int, grid: Tensor) -> Tensor:
-        for selector in self._selectors_before(block):
-            grid = selector(grid)
-        return grid
-
-    def example_inputs(self, batch_size: int = 1) -> tuple[Tensor]:
-        """One random clip batch (B, 3, num_frames, img_size, img_size) on the model's device."""
-        device = next(self.parameters()).device
-        cfg = self.config
-        return (torch.randn(batch_size, 3, cfg.num_frames, cfg.img_size, cfg.img_size, device=device),)
-
-    def _check_specs(self, depth: int) -> None:
-        for spec in self.specs:
-            if spec.block >= depth:
-                raise ValueError(f"selection {spec.label}: block {spec.block} does not exist (depth {depth})")
-
-    def _build_selectors(self, dims: list[int]) -> nn.ModuleList:
-        cfg = self.config
-        return nn.ModuleList(
-            make_selector(spec, dims[spec.block], num_samples=cfg.num_samples, sigma=cfg.sigma,
-                          impl=cfg.impl, anchor_stride=cfg.anchor_stride)
-            for spec in self.specs
-        )
-
-
-# The backbones live in a second file (size); they subclass _STTSModel.
-from vidsel.models._stts_backbones import (  # noqa: E402
-    MViTSTTSConfig,
-    STTSMViT,
-    STTSSwin3d,
-    STTSTimeSformer,
-    SwinSTTSConfig,
-    TimeSformerSTTSConfig,
-)
-
 _FAMILIES = {
     "mvit_b16": (MViTSTTSConfig, STTSMViT),
     "swin3d_b": (SwinSTTSConfig, STTSSwin3d),
@@ -371,7 +153,7 @@ def build_stts(name: str, **overrides) -> nn.Module:
 
 
 # Paper GFLOPs (STTS Tables 2, 4 and 7, fvcore convention, one view). S0.6@0 and S0.3@4 do not
-# reproduce as labelled (see tests/test_flops_stts.py and the README); they are listed for the note.
+# reproduce as labelled (see tests/models/test_flops_stts.py and the README); they are listed for the note.
 PAPER_GFLOPS = {
     "mvit_b16": 70.5,
     "mvit_b16-T0.6@0": 41.3,
@@ -416,3 +198,19 @@ for _name in _REGISTERED:
     _register(_name)
 
 register_model_pattern(NAME_PATTERN)(build_stts)
+
+
+# The selector layers live in vidsel.nn; their old names here stay importable for one release.
+_MOVED_TO_NN = ("ScorerNetwork", "TemporalSelector", "AnchorSpatialSelector", "min_max_normalize")
+
+
+def __getattr__(name: str):
+    if name in _MOVED_TO_NN:
+        warnings.warn(
+            f"vidsel.models.stts.{name} is deprecated and will be removed in the next release; "
+            f"use vidsel.nn.stts_selectors.{name}" + (f" (or vidsel.nn.{name})" if name[0].isupper() else ""),
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(stts_selectors, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

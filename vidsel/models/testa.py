@@ -25,18 +25,12 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from vidsel import ops
 from vidsel.models._registry import register_model
-from vidsel.models.timesformer import (
-    DividedSpaceTimeBlock,
-    JointSpaceTimeBlock,
-    PatchEmbed,
-    init_vit_weights,
-    layer_norm,
-)
-from vidsel.nn.token_merging import TokenMerging
+from vidsel.models.timesformer import TimeSformer
+from vidsel.nn import TokenMerging
 
 
 @dataclass
@@ -95,61 +89,33 @@ def testa_token_schedule(num_frames: int, num_patches: int, depth: int, r_frames
     return schedule
 
 
-class _VideoEncoderBase(nn.Module):
-    config: TestaConfig | JointConfig
-
-    def example_inputs(self, batch_size: int = 1) -> tuple[Tensor]:
-        """A random clip (B, 3, T, H, W) on the model's device (meta models give meta tensors)."""
-        c = self.config
-        device = self.cls_token.device
-        return (torch.randn(batch_size, c.in_chans, c.num_frames, c.img_size, c.img_size, device=device),)
-
-    def _embed(self, clip: Tensor) -> tuple[Tensor, Tensor]:
-        """clip (B, 3, T, H, W) -> cls (B, 1, D) and patch tokens (B, T, L, D) with space + time embeddings."""
-        c = self.config
-        expected = (c.in_chans, c.num_frames, c.img_size, c.img_size)
-        if clip.dim() != 5 or tuple(clip.shape[1:]) != expected:
-            raise ValueError(f"clip must have shape (B, {', '.join(map(str, expected))}), got {tuple(clip.shape)}")
-        x = self.patch_embed(clip) + self.pos_embed[:, None, 1:] + self.time_embed[:, :, None]
-        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], 1, -1)
-        return cls, x
-
-    def _init_embeddings(self, c) -> None:
-        self.patch_embed = PatchEmbed(c.img_size, c.patch_size, c.in_chans, c.embed_dim)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.patch_embed.num_patches, c.embed_dim))
-        self.time_embed = nn.Parameter(torch.zeros(1, c.num_frames, c.embed_dim))
-        for param in (self.cls_token, self.pos_embed, self.time_embed):
-            nn.init.trunc_normal_(param, std=0.02)
+def _timesformer_fields(config: ViTConfig) -> dict:
+    """The `TimeSformer` arguments of an encoder config."""
+    names = ("num_frames", "img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio")
+    return {name: getattr(config, name) for name in names}
 
 
-class TestaEncoder(_VideoEncoderBase):
+class TestaEncoder(TimeSformer):
     """TESTA visual encoder: divided space-time ViT with TAM + SAM in every block (§3.2).
 
     forward(clip (B, 3, T, H, W), return_info=False) -> tokens (B, 1 + T_out·L_out, D)
     [, info dict: "tokens_per_block" list of (T_i, L_i) after block i, "frame_size" (B, T_out),
     "patch_size" (B, T_out, L_out): original frames / patches each output token stands for].
-    With r_frames = r_patches = 0 this is TimeSformer (divided space-time attention).
+    With r_frames = r_patches = 0 this is TimeSformer (divided space-time attention, no head).
     """
 
     __test__ = False
 
     def __init__(self, config: TestaConfig):
-        super().__init__()
+        super().__init__(**_timesformer_fields(config), attention="divided")
         self.config = c = config
-        self._init_embeddings(c)
-        self.blocks = nn.ModuleList(
-            DividedSpaceTimeBlock(c.embed_dim, c.num_heads, c.mlp_ratio) for _ in range(c.depth)
-        )
-        self.norm = layer_norm(c.embed_dim)
         # TAM protects frame 0 (the reference code's CLS slot), so T -> T - min(R_T, ⌊(T-1)/2⌋).
         self.frame_merging = TokenMerging(c.r_frames, partition=c.partition, protected=1, impl=c.impl)
         self.patch_merging = TokenMerging(c.r_patches, partition=c.partition, protected=0, impl=c.impl)
-        self.apply(init_vit_weights)
 
     def forward(self, clip: Tensor, return_info: bool = False):
         c = self.config
-        cls, x = self._embed(clip)
+        cls, x = self.embed(clip)
         batch, frames, patches, _ = x.shape
         frame_size = torch.ones(batch, frames, dtype=x.dtype, device=x.device)
         patch_size = torch.ones(batch, frames, patches, dtype=x.dtype, device=x.device)
@@ -172,8 +138,7 @@ class TestaEncoder(_VideoEncoderBase):
 
             cls, x = block.mlp_stage(cls, x)
             schedule.append((x.shape[1], x.shape[2]))
-        batch, frames, patches, dim = x.shape
-        tokens = self.norm(torch.cat([cls, x.reshape(batch, frames * patches, dim)], dim=1))
+        tokens = self.final_tokens(cls, x)
         if not return_info:
             return tokens
         return tokens, dict(tokens_per_block=schedule, frame_size=frame_size, patch_size=patch_size)
@@ -205,7 +170,7 @@ class TestaEncoder(_VideoEncoderBase):
         return testa_token_schedule(c.num_frames, self.patch_embed.num_patches, c.depth, c.r_frames, c.r_patches)
 
 
-class JointEncoder(_VideoEncoderBase):
+class JointEncoder(TimeSformer):
     """Joint space-time ViT over 1 + T·L tokens, with ToMe merging r tokens after every attention.
 
     forward(clip (B, 3, T, H, W), return_info=False) -> tokens (B, N_out, D) [, info dict:
@@ -214,19 +179,14 @@ class JointEncoder(_VideoEncoderBase):
     """
 
     def __init__(self, config: JointConfig):
-        super().__init__()
+        super().__init__(**_timesformer_fields(config), attention="joint")
         self.config = c = config
-        self._init_embeddings(c)
-        self.blocks = nn.ModuleList(JointSpaceTimeBlock(c.embed_dim, c.num_heads, c.mlp_ratio) for _ in range(c.depth))
-        self.norm = layer_norm(c.embed_dim)
         self.token_merging = TokenMerging(c.r, protected=1, impl=c.impl)
-        self.apply(init_vit_weights)
 
     def forward(self, clip: Tensor, return_info: bool = False):
-        cls, x = self._embed(clip)
-        batch, frames, patches, dim = x.shape
-        x = torch.cat([cls, x.reshape(batch, frames * patches, dim)], dim=1)
-        size = torch.ones(batch, x.shape[1], dtype=x.dtype, device=x.device)
+        cls, x = self.embed(clip)
+        x = torch.cat([cls, x.flatten(1, 2)], dim=1)
+        size = torch.ones(x.shape[0], x.shape[1], dtype=x.dtype, device=x.device)
         schedule = []
         for block in self.blocks:
             merge = self.token_merging.removed(x.shape[1]) > 0

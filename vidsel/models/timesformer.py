@@ -1,15 +1,26 @@
-"""ViT building blocks of the video encoders: patch embedding, attention that also returns the
-merging metric, divided space-time block (TimeSformer) and joint space-time block.
+"""TimeSformer (Bertasius et al., "Is Space-Time Attention All You Need for Video Understanding?",
+ICML 2021): the one video ViT of vidsel, used by the TESTA encoder, the STTS TimeSformer variant
+and the TimeSformer / joint space-time baselines.
 
-Token layout of the divided encoder: a CLS token (B, 1, D) kept apart from the patch tokens
-(B, T, L, D). Shapes in the docstrings: B clips, T frames, L patches per frame, D channels,
-H heads, C = D / H head channels.
+A clip (B, 3, T, H, W) is cut into L = (H/P)(W/P) patches per frame (one 2-D patch embedding
+shared by the frames), a CLS token is prepended, and position (per patch) + time (per frame)
+embeddings are added. Two attention schemes of the TimeSformer paper:
 
-The TESTA visual encoder (TESTA §3.1) is TimeSformer's "divided space-time attention" on BLIP's
-ViT-B/16: per block, temporal attention over the T frames of every patch position (followed by
-`temporal_fc`), then spatial attention over the L patches of every frame plus a per-frame copy of
-CLS (the copies' outputs are averaged back into one CLS), then the MLP over all tokens.
+* "divided" space-time (`DividedSpaceTimeBlock`): per block, temporal attention over the T frames
+  of every patch position (followed by `temporal_fc`), then spatial attention over the L patches of
+  every frame plus a per-frame copy of CLS (the copies' outputs are averaged back into one CLS),
+  then the MLP over all tokens. 8×224², ViT-B/16: 196 GFLOPs, 121.4 M parameters without the head.
+* "joint" space-time (`JointSpaceTimeBlock`): a plain ViT block over all 1 + T·L tokens.
+
+The blocks are split into stages (temporal / spatial / MLP, or attention / MLP) so that TESTA can
+merge tokens and STTS can select them between stages; `Attention` also returns what merging
+needs (keys, attention received). The classification head is optional (`num_classes=None`: the
+model returns its normalised tokens, as a visual encoder does).
+
+Token layout: a CLS token (B, 1, D) kept apart from the patch tokens (B, T, L, D). Shapes in the
+docstrings: B clips, T frames, L patches per frame, D channels, H heads, C = D / H head channels.
 """
+
 
 from __future__ import annotations
 
@@ -93,11 +104,12 @@ def layer_norm(dim: int) -> nn.LayerNorm:
 
 
 class DividedSpaceTimeBlock(nn.Module):
-    """One TimeSformer block, split into its three stages so TESTA can merge between them.
+    """One TimeSformer "divided space-time" block, split into its three stages.
 
     temporal(x, size, need_importance, need_keys)      -> x, frame keys, frame importance
     spatial(cls, x, size, need_importance, need_keys)  -> cls, x, patch keys, patch importance
     mlp_stage(cls, x)                                  -> cls, x
+    forward(cls, x, size=None)                         -> cls, x (the three stages, no metrics)
     (keys are only computed when needed: the metric of a merge that happens.)
     """
 
@@ -117,8 +129,8 @@ class DividedSpaceTimeBlock(nn.Module):
         """Attention across frames at every patch position.
 
         x (B, T, L, D); size (B, T, L) tokens each stands for, or None (no proportional attention).
-        Returns x (B, T, L, D), frame metric (B, T, C) = keys averaged over patches (§3.2.1: a frame
-        token is the mean of its patch tokens) or None, frame importance (B, T) or None.
+        Returns x (B, T, L, D), frame metric (B, T, C) = keys averaged over patches (TESTA §3.2.1: a
+        frame token is the mean of its patch tokens) or None, frame importance (B, T) or None.
         """
         batch, frames, patches, dim = x.shape
         per_position = x.transpose(1, 2).reshape(batch * patches, frames, dim)
@@ -162,12 +174,18 @@ class DividedSpaceTimeBlock(nn.Module):
         tokens = tokens + self.mlp(self.norm2(tokens))
         return tokens[:, :1], tokens[:, 1:].reshape(batch, frames, patches, dim)
 
+    def forward(self, cls: Tensor, x: Tensor, size: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The whole block: cls (B, 1, D), x (B, T, L, D) -> same shapes."""
+        x = self.temporal(x, size, need_keys=False)[0]
+        cls, x = self.spatial(cls, x, size, need_keys=False)[:2]
+        return self.mlp_stage(cls, x)
+
 
 class JointSpaceTimeBlock(nn.Module):
     """Pre-norm ViT block over all 1 + T*L tokens at once (TimeSformer "joint space-time").
 
-    forward(x (B, N, D), size (B, N) or None) -> x (B, N, D), keys (B, N, C). The attention step
-    and the MLP step are separate methods so ToMe can merge between them.
+    attention(x (B, N, D), size (B, N) or None, need_keys) -> x (B, N, D), keys (B, N, C) or None;
+    mlp_stage(x) -> x; forward(x, size=None) -> x runs both (separate so ToMe can merge between).
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True):
@@ -184,6 +202,9 @@ class JointSpaceTimeBlock(nn.Module):
     def mlp_stage(self, x: Tensor) -> Tensor:
         return x + self.mlp(self.norm2(x))
 
+    def forward(self, x: Tensor, size: Tensor | None = None) -> Tensor:
+        return self.mlp_stage(self.attention(x, size, need_keys=False)[0])
+
 
 def init_vit_weights(module: nn.Module) -> None:
     """timm-style init: truncated normal(0.02) linear weights, zero biases, unit LayerNorm."""
@@ -198,3 +219,96 @@ def init_vit_weights(module: nn.Module) -> None:
         fan_in = module.in_channels * math.prod(module.kernel_size)
         nn.init.trunc_normal_(module.weight, std=math.sqrt(1.0 / fan_in))
         nn.init.zeros_(module.bias)
+
+
+ATTENTIONS = {"divided": DividedSpaceTimeBlock, "joint": JointSpaceTimeBlock}
+WEIGHT_INITS = ("vit", "torch")
+
+
+class TimeSformer(nn.Module):
+    """TimeSformer video ViT: patch + position + time embeddings, `depth` blocks, final LayerNorm,
+    and an optional linear head on the CLS token.
+
+    forward(clip (B, in_chans, T, H, W)) -> logits (B, num_classes) with a head, else the normalised
+    tokens (B, 1 + T·L, D): CLS first, then frame-major patch tokens.
+
+    Args:
+        num_frames, img_size, patch_size, in_chans: the clip the model takes (T, H = W, P, channels).
+        embed_dim, depth, num_heads, mlp_ratio: D, number of blocks, heads H, MLP width / D.
+        attention: "divided" (`DividedSpaceTimeBlock`) or "joint" (`JointSpaceTimeBlock`).
+        num_classes: size of the head on CLS, or None for no head.
+        weight_init: "vit" — every Linear / Conv truncated-normal and LayerNorm unit (timm's ViT,
+            `init_vit_weights`), embeddings drawn first; "torch" — PyTorch's default layer init,
+            embeddings drawn last. Both draw the CLS / position / time embeddings with
+            `trunc_normal_(std=0.02)`; the order of the draws fixes which weights a seed gives.
+    """
+
+    def __init__(self, *, num_frames: int = 8, img_size: int = 224, patch_size: int = 16, in_chans: int = 3,
+                 embed_dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
+                 attention: str = "divided", num_classes: int | None = None, weight_init: str = "vit"):
+        super().__init__()
+        if attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {sorted(ATTENTIONS)}, got {attention!r}")
+        if weight_init not in WEIGHT_INITS:
+            raise ValueError(f"weight_init must be one of {WEIGHT_INITS}, got {weight_init!r}")
+        if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
+            raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
+        self.attention, self.clip_shape = attention, (in_chans, num_frames, img_size, img_size)
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.patch_embed.num_patches, embed_dim))
+        self.time_embed = nn.Parameter(torch.zeros(1, num_frames, embed_dim))
+        if weight_init == "vit":
+            self._init_embeddings()
+        self.blocks = nn.ModuleList(ATTENTIONS[attention](embed_dim, num_heads, mlp_ratio) for _ in range(depth))
+        self.norm = layer_norm(embed_dim)
+        self.head = None if num_classes is None else nn.Linear(embed_dim, num_classes)
+        if weight_init == "vit":
+            self.apply(init_vit_weights)
+        else:
+            self._init_embeddings()
+
+    def _init_embeddings(self) -> None:
+        for param in (self.cls_token, self.pos_embed, self.time_embed):
+            nn.init.trunc_normal_(param, std=0.02)
+
+    def example_inputs(self, batch_size: int = 1) -> tuple[Tensor]:
+        """A random clip (B, in_chans, T, H, W) on the model's device (meta models give meta tensors)."""
+        return (torch.randn(batch_size, *self.clip_shape, device=self.cls_token.device),)
+
+    def embed(self, clip: Tensor) -> tuple[Tensor, Tensor]:
+        """clip (B, in_chans, T, H, W) -> cls (B, 1, D) and patch tokens (B, T, L, D), each with
+        its position embedding, the patches also with their frame's time embedding."""
+        if clip.dim() != 5 or tuple(clip.shape[1:]) != self.clip_shape:
+            raise ValueError(
+                f"clip must have shape (B, {', '.join(map(str, self.clip_shape))}), got {tuple(clip.shape)}"
+            )
+        x = self.patch_embed(clip) + self.pos_embed[:, None, 1:] + self.time_embed[:, :, None]
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], 1, -1)
+        return cls, x
+
+    def final_tokens(self, cls: Tensor, x: Tensor) -> Tensor:
+        """The final LayerNorm over CLS and the patches: cls (B, 1, D), x (B, T, L, D) -> (B, 1 + T·L, D)."""
+        return self.norm(torch.cat([cls, x.flatten(1, 2)], dim=1))
+
+    def forward_features(self, clip: Tensor) -> Tensor:
+        """clip (B, in_chans, T, H, W) -> normalised tokens (B, 1 + T·L, D)."""
+        cls, x = self.embed(clip)
+        if self.attention == "joint":
+            tokens = torch.cat([cls, x.flatten(1, 2)], dim=1)
+            for block in self.blocks:
+                tokens = block(tokens)
+            return self.norm(tokens)
+        for block in self.blocks:
+            cls, x = block(cls, x)
+        return self.final_tokens(cls, x)
+
+    def forward_head(self, tokens: Tensor) -> Tensor:
+        """Normalised tokens (B, N, D) -> logits (B, num_classes) from the CLS token."""
+        if self.head is None:
+            raise ValueError("this TimeSformer has no head (built with num_classes=None)")
+        return self.head(tokens[:, 0])
+
+    def forward(self, clip: Tensor) -> Tensor:
+        tokens = self.forward_features(clip)
+        return tokens if self.head is None else self.forward_head(tokens)

@@ -20,22 +20,31 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from vidsel import _backends
-from vidsel.ops._dispatch import run_backend
+from vidsel.ops._dispatch import OpBackends, resolve, run_backend
 from vidsel.ops._validation import check_choice, check_finite, check_tensor
-from vidsel.reference import selection as reference
+from vidsel.ops.perturbed_topk import PERTURBED_TOPK, PERTURBED_TOPK_BACKWARD, perturbed_topk
+from vidsel.reference import anchor_select as reference
 
-SUPPORTED_IMPLS = ("reference", "cpu", "triton", "cuda")
 MODES = ("hard", "perturbed")
+
+
+def _reference_anchor_gather_backward(grad, x, weights, stride_h, stride_w, need_grad_x, need_grad_weights):
+    grad_x, grad_w = reference.anchor_gather_backward(grad, x, weights, stride_h, stride_w)
+    return (grad_x if need_grad_x else x.new_empty(0)), (grad_w if need_grad_weights else weights.new_empty(0))
+
+
+ANCHOR_SCORES = OpBackends("anchor_scores", reference=reference.anchor_scores, triton="anchor_select")
+ANCHOR_SCORES_BACKWARD = OpBackends("anchor_scores_backward", reference=reference.anchor_scores_backward,
+                                    triton="anchor_select")
+ANCHOR_GATHER = OpBackends("anchor_gather", reference=reference.anchor_gather, triton="anchor_select")
+ANCHOR_GATHER_BACKWARD = OpBackends("anchor_gather_backward", reference=_reference_anchor_gather_backward,
+                                    triton="anchor_select")
 
 
 @torch.library.custom_op("vidsel::anchor_scores", mutates_args=())
 def _anchor_scores(scores: Tensor, anchor_h: int, anchor_w: int, stride_h: int, stride_w: int, impl: str) -> Tensor:
     check_finite("scores", scores)
-    return run_backend(
-        impl, "anchor_scores", reference.anchor_scores, "anchor_select",
-        scores, anchor_h, anchor_w, stride_h, stride_w,
-    )
+    return run_backend(ANCHOR_SCORES, impl, scores, anchor_h, anchor_w, stride_h, stride_w)
 
 
 @torch.library.custom_op("vidsel::anchor_scores_backward", mutates_args=())
@@ -43,20 +52,14 @@ def _anchor_scores_backward(
     grad: Tensor, height: int, width: int, anchor_h: int, anchor_w: int, stride_h: int, stride_w: int, impl: str
 ) -> Tensor:
     """(F, G) -> (F, H, W): every anchor spreads grad / (h w) over its window."""
-    return run_backend(
-        impl, "anchor_scores_backward", reference.anchor_scores_backward, "anchor_select",
-        grad, height, width, anchor_h, anchor_w, stride_h, stride_w,
-    )
+    return run_backend(ANCHOR_SCORES_BACKWARD, impl, grad, height, width, anchor_h, anchor_w, stride_h, stride_w)
 
 
 @torch.library.custom_op("vidsel::anchor_gather", mutates_args=())
 def _anchor_gather(
     x: Tensor, weights: Tensor, anchor_h: int, anchor_w: int, stride_h: int, stride_w: int, impl: str
 ) -> Tensor:
-    return run_backend(
-        impl, "anchor_gather", reference.anchor_gather, "anchor_select",
-        x, weights, anchor_h, anchor_w, stride_h, stride_w,
-    )
+    return run_backend(ANCHOR_GATHER, impl, x, weights, anchor_h, anchor_w, stride_h, stride_w)
 
 
 @torch.library.custom_op("vidsel::anchor_gather_backward", mutates_args=())
@@ -65,21 +68,8 @@ def _anchor_gather_backward(
     need_grad_weights: bool, impl: str,
 ) -> tuple[Tensor, Tensor]:
     """grad (F, h, w, D) -> grad_x (F, H, W, D), grad_weights (F, G); an unneeded one is empty (0,)."""
-    if impl == "reference":
-        return _reference_anchor_gather_backward(grad, x, weights, stride_h, stride_w, need_grad_x, need_grad_weights)
-    if impl in ("cpu", "cuda"):
-        return tuple(torch.ops.vidsel_C.anchor_gather_backward(
-            grad, x, weights, stride_h, stride_w, need_grad_x, need_grad_weights))
-    if impl == "triton":
-        from vidsel.kernels.anchor_select import anchor_gather_backward
-
-        return anchor_gather_backward(grad, x, weights, stride_h, stride_w, need_grad_x, need_grad_weights)
-    raise ValueError(f"anchor_gather_backward: unknown impl {impl!r}")
-
-
-def _reference_anchor_gather_backward(grad, x, weights, stride_h, stride_w, need_grad_x, need_grad_weights):
-    grad_x, grad_w = reference.anchor_gather_backward(grad, x, weights, stride_h, stride_w)
-    return (grad_x if need_grad_x else x.new_empty(0)), (grad_w if need_grad_weights else weights.new_empty(0))
+    return tuple(run_backend(ANCHOR_GATHER_BACKWARD, impl, grad, x, weights, stride_h, stride_w, need_grad_x,
+                             need_grad_weights))
 
 
 @_anchor_scores.register_fake
@@ -194,7 +184,7 @@ def anchor_scores(scores: Tensor, anchor, stride=None, *, impl: str = "auto") ->
         raise ValueError(f"scores must have shape (*F, H, W), got {tuple(scores.shape)}")
     height, width = scores.shape[-2:]
     (ah, aw), (sh, sw) = _geometry(anchor, stride, height, width)
-    impl = _backends.resolve_impl("anchor_scores", impl, scores.device, SUPPORTED_IMPLS)
+    impl = resolve("anchor_scores", impl, scores.device, ANCHOR_SCORES, ANCHOR_SCORES_BACKWARD)
     out = _anchor_scores(scores.reshape(-1, height, width), ah, aw, sh, sw, impl)
     return out.reshape(*scores.shape[:-2], out.shape[-1])
 
@@ -242,7 +232,8 @@ def anchor_select(
     check_choice("mode", mode, MODES)
     batch, frames, height, width, dim = x.shape
     (ah, aw), (sh, sw) = _geometry(anchor, stride, height, width)
-    impl = _backends.resolve_impl("anchor_select", impl, x.device, SUPPORTED_IMPLS)
+    impl = resolve("anchor_select", impl, x.device, ANCHOR_SCORES, ANCHOR_GATHER, ANCHOR_SCORES_BACKWARD,
+                   ANCHOR_GATHER_BACKWARD, PERTURBED_TOPK, PERTURBED_TOPK_BACKWARD)
     flat_x = x.reshape(batch * frames, height, width, dim)
     flat_scores = scores.reshape(batch * frames, height, width)
     if mode == "hard":
@@ -250,8 +241,6 @@ def anchor_select(
         means = _anchor_scores(flat_scores.detach().double(), ah, aw, sh, sw, impl)
         weights = torch.nn.functional.one_hot(torch.argmax(means, dim=1), means.shape[1]).to(x.dtype)
     else:
-        from vidsel.ops.perturbed_topk import perturbed_topk
-
         means = _anchor_scores(flat_scores, ah, aw, sh, sw, impl)
         weights = perturbed_topk(means, 1, num_samples=num_samples, sigma=sigma, seed=seed, impl=impl)[:, 0]
     out = _anchor_gather(flat_x, weights.contiguous(), ah, aw, sh, sw, impl)

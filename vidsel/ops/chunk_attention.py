@@ -6,11 +6,13 @@ build the L x L mask: flash-style tiles with an online softmax stop at the end o
 (tiles above the chunk diagonal are skipped), save the logsumexp, and the backward recomputes scores.
 
 Two custom ops carry the work, each taking the backend name:
-    vidsel::chunk_attention_fwd(q, k, v, chunk_lens, key_bias, scale, impl) -> (out, lse)
-    vidsel::chunk_attention_bwd(grad_out, q, k, v, out, lse, chunk_lens, key_bias, scale, bias_grad, impl)
+    vidsel::chunk_attention(q, k, v, chunk_lens, key_bias, scale, impl) -> (out, lse)
+    vidsel::chunk_attention_backward(grad_out, q, k, v, out, lse, chunk_lens, key_bias, scale, bias_grad, impl)
         -> (grad_q, grad_k, grad_v, grad_bias)
 chunk_lens is a list of ints (a compile-time constant under torch.compile), so the FLOP formula can
-count exactly the unmasked (query, key) pairs.
+count exactly the unmasked (query, key) pairs. The op bodies check it once and turn it into the chunk
+layout (reference.chunk_layout: each query's key end, each key's first query row), which every
+backend receives instead of the lengths.
 """
 
 from __future__ import annotations
@@ -23,40 +25,50 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from vidsel import _backends
+from vidsel.ops._dispatch import PREFER_TRITON_ON_GPU, OpBackends, resolve, run_backend
 from vidsel.ops._validation import check_int, check_tensor
 from vidsel.reference import chunk_attention as reference
-
-SUPPORTED_IMPLS = ("reference", "cpu", "triton", "cuda")
 
 
 def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _check_chunk_lens_sum(chunk_lens: list[int], lk: int) -> None:
-    if any(n <= 0 for n in chunk_lens) or sum(chunk_lens) != lk:
-        raise ValueError(f"chunk_lens must be positive and sum to Lk={lk}, got {chunk_lens}")
+def _check_chunk_lens(chunk_lens: list[int], lk: int) -> None:
+    """The one check of chunk lengths (the kernels trust the layout built from them)."""
+    if not chunk_lens or any(n <= 0 for n in chunk_lens) or sum(chunk_lens) != lk:
+        raise ValueError(f"chunk_lens must be positive and sum to L={lk} (k's length), got {chunk_lens}")
 
 
-@torch.library.custom_op("vidsel::chunk_attention_fwd", mutates_args=())
-def _chunk_attention_fwd(
+def _layout(chunk_lens: list[int], q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+    """Checks chunk_lens against k and returns reference.chunk_layout: key_end (Lq,), first_row (Lk,)."""
+    _check_chunk_lens(chunk_lens, k.shape[2])
+    return reference.chunk_layout(chunk_lens, q.shape[2], q.device)
+
+
+def _reference_backward(grad_out, q, k, v, out, lse, key_end, first_row, key_bias, scale, bias_grad):
+    grads = reference.chunk_causal_attention_backward(grad_out, q, k, v, key_end, key_bias, scale)
+    return grads[0], grads[1], grads[2], grads[3] if bias_grad else q.new_empty(0)
+
+
+# The fused kernels take the layout; the reference rebuilds its dense mask from key_end. The CPU backward
+# walks query tiles and needs only key_end; the key-major GPU backward kernels start at first_row.
+CHUNK_ATTENTION = OpBackends("chunk_attention", reference=reference.chunk_causal_attention, triton="chunk_attention",
+                             **PREFER_TRITON_ON_GPU)
+CHUNK_ATTENTION_BACKWARD = OpBackends("chunk_attention_backward", reference=_reference_backward,
+                                      triton="chunk_attention", **PREFER_TRITON_ON_GPU)
+
+
+@torch.library.custom_op("vidsel::chunk_attention", mutates_args=())
+def _chunk_attention(
     q: Tensor, k: Tensor, v: Tensor, chunk_lens: list[int], key_bias: Optional[Tensor], scale: float, impl: str
 ) -> tuple[Tensor, Tensor]:
-    _check_chunk_lens_sum(chunk_lens, k.shape[2])
-    if impl == "reference":
-        return reference.chunk_causal_attention(q, k, v, chunk_lens, key_bias, scale)
-    if impl in ("cpu", "cuda"):
-        return torch.ops.vidsel_C.chunk_attention_fwd(q, k, v, chunk_lens, key_bias, scale)
-    if impl == "triton":
-        from vidsel.kernels.chunk_attention import chunk_attention_forward
-
-        return chunk_attention_forward(q, k, v, chunk_lens, key_bias, scale)
-    raise ValueError(f"chunk_causal_attention: unknown impl {impl!r}")
+    key_end, _ = _layout(chunk_lens, q, k)
+    return tuple(run_backend(CHUNK_ATTENTION, impl, q, k, v, key_end, key_bias, scale))
 
 
-@torch.library.custom_op("vidsel::chunk_attention_bwd", mutates_args=())
-def _chunk_attention_bwd(
+@torch.library.custom_op("vidsel::chunk_attention_backward", mutates_args=())
+def _chunk_attention_backward(
     grad_out: Tensor,
     q: Tensor,
     k: Tensor,
@@ -69,31 +81,17 @@ def _chunk_attention_bwd(
     bias_grad: bool,
     impl: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    _check_chunk_lens_sum(chunk_lens, k.shape[2])
-    if impl == "reference":
-        return _reference_backward(grad_out, q, k, v, chunk_lens, key_bias, scale, bias_grad)
-    if impl in ("cpu", "cuda"):
-        return torch.ops.vidsel_C.chunk_attention_bwd(
-            grad_out, q, k, v, out, lse, chunk_lens, key_bias, scale, bias_grad
-        )
-    if impl == "triton":
-        from vidsel.kernels.chunk_attention import chunk_attention_backward
-
-        return chunk_attention_backward(grad_out, q, k, v, out, lse, chunk_lens, key_bias, scale, bias_grad)
-    raise ValueError(f"chunk_causal_attention: unknown impl {impl!r}")
+    key_end, first_row = _layout(chunk_lens, q, k)
+    return tuple(run_backend(CHUNK_ATTENTION_BACKWARD, impl, grad_out, q, k, v, out, lse, key_end, first_row,
+                             key_bias, scale, bias_grad))
 
 
-def _reference_backward(grad_out, q, k, v, chunk_lens, key_bias, scale, bias_grad):
-    grads = reference.chunk_causal_attention_backward(grad_out, q, k, v, chunk_lens, key_bias, scale)
-    return grads[0], grads[1], grads[2], grads[3] if bias_grad else q.new_empty(0)
-
-
-@_chunk_attention_fwd.register_fake
+@_chunk_attention.register_fake
 def _(q, k, v, chunk_lens, key_bias, scale, impl):
     return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=_lse_dtype(q.dtype))
 
 
-@_chunk_attention_bwd.register_fake
+@_chunk_attention_backward.register_fake
 def _(grad_out, q, k, v, out, lse, chunk_lens, key_bias, scale, bias_grad, impl):
     grad_bias = key_bias.new_empty(key_bias.shape) if bias_grad else q.new_empty(0)
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), grad_bias
@@ -109,13 +107,13 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_out, grad_lse):
     q, k, v, key_bias, out, lse = ctx.saved_tensors
     bias_grad = key_bias is not None and ctx.needs_input_grad[4]
-    grad_q, grad_k, grad_v, grad_bias = _chunk_attention_bwd(
+    grad_q, grad_k, grad_v, grad_bias = _chunk_attention_backward(
         grad_out.contiguous(), q, k, v, out, lse, ctx.chunk_lens, key_bias, ctx.scale, bias_grad, ctx.impl
     )
     return grad_q, grad_k, grad_v, None, grad_bias if bias_grad else None, None, None
 
 
-_chunk_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+_chunk_attention.register_autograd(_backward, setup_context=_setup_context)
 
 
 def visible_pairs(chunk_lens: Sequence[int], lq: int) -> int:
@@ -129,14 +127,14 @@ def visible_pairs(chunk_lens: Sequence[int], lq: int) -> int:
     return total
 
 
-@register_flop_formula(torch.ops.vidsel.chunk_attention_fwd)
-def _fwd_flops(q_shape, k_shape, v_shape, chunk_lens, *args, **kwargs) -> int:
+@register_flop_formula(torch.ops.vidsel.chunk_attention)
+def _chunk_attention_flops(q_shape, k_shape, v_shape, chunk_lens, *args, **kwargs) -> int:
     batch, heads, lq, dim = q_shape
     return 4 * batch * heads * dim * visible_pairs(chunk_lens, lq)  # q k^T and P v, 2 FLOPs per MAC
 
 
-@register_flop_formula(torch.ops.vidsel.chunk_attention_bwd)
-def _bwd_flops(grad_shape, q_shape, k_shape, v_shape, out_shape, lse_shape, chunk_lens, *args, **kwargs) -> int:
+@register_flop_formula(torch.ops.vidsel.chunk_attention_backward)
+def _chunk_attention_backward_flops(grad_shape, q_shape, k_shape, v_shape, out_shape, lse_shape, chunk_lens, *args, **kwargs) -> int:
     batch, heads, lq, dim = q_shape
     # recomputed q k^T, dO v^T, P^T dO, dS k, dS^T q
     return 10 * batch * heads * dim * visible_pairs(chunk_lens, lq)
@@ -158,8 +156,7 @@ def _resolve_chunk_lens(chunk_size, chunk_lens, lk: int) -> list[int]:
     if not isinstance(chunk_lens, Sequence) or any(isinstance(n, bool) or not isinstance(n, int) for n in chunk_lens):
         raise TypeError(f"chunk_lens must be a sequence of ints or a 1-D integer tensor, got {chunk_lens!r}")
     chunk_lens = list(chunk_lens)
-    if not chunk_lens or any(n <= 0 for n in chunk_lens) or sum(chunk_lens) != lk:
-        raise ValueError(f"chunk_lens must be positive and sum to L={lk} (k's length), got {chunk_lens}")
+    _check_chunk_lens(chunk_lens, lk)
     return chunk_lens
 
 
@@ -213,6 +210,6 @@ def chunk_causal_attention(
         scale = 1.0 / math.sqrt(dim) if dim > 0 else 1.0
     elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise TypeError(f"scale must be a finite float, got {scale!r}")
-    impl = _backends.resolve_impl("chunk_causal_attention", impl, q.device, SUPPORTED_IMPLS)
-    out, _ = _chunk_attention_fwd(q, k, v, lens, key_bias, float(scale), impl)
+    impl = resolve("chunk_causal_attention", impl, q.device, CHUNK_ATTENTION, CHUNK_ATTENTION_BACKWARD)
+    out, _ = _chunk_attention(q, k, v, lens, key_bias, float(scale), impl)
     return out

@@ -28,11 +28,10 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from vidsel import _backends
+from vidsel.ops._dispatch import OpBackends, resolve, run_backend
 from vidsel.ops._validation import check_int, check_tensor
 from vidsel.reference import compressed_patch_embed as reference
 
-SUPPORTED_IMPLS = ("reference", "cpu", "triton", "cuda")
 NUM_PARAMS = 12
 
 
@@ -71,6 +70,27 @@ def _empty(like: Tensor) -> Tensor:
     return like.new_empty(0)
 
 
+def _reference_forward(iframe, motion, residual, audio_feat, visual, audio, patch, expand_audio):
+    params = CompressedEmbedParams(*visual, *(audio or [None] * 3))
+    tokens, audio_tokens = reference.compressed_patch_embed(iframe, motion, residual, audio_feat, params, patch,
+                                                            expand_audio)
+    return tokens, _empty(iframe) if audio_tokens is None else audio_tokens
+
+
+def _reference_backward(grad_tokens, grad_audio, iframe, motion, residual, audio_feat, visual, audio, patch,
+                        expand_audio, input_mask):
+    params = CompressedEmbedParams(*visual, *(audio or [None] * 3))
+    grads = reference.compressed_patch_embed_backward(grad_tokens, grad_audio, [iframe, motion, residual, audio_feat],
+                                                      params, patch, expand_audio, input_mask)
+    return [_empty(grad_tokens) if g is None else g for g in grads]
+
+
+# Every backend takes the parameters as two lists: visual (9 tensors) and audio (3, or none without audio).
+EMBED = OpBackends("compressed_patch_embed", reference=_reference_forward, triton="compressed_patch_embed")
+EMBED_BACKWARD = OpBackends("compressed_patch_embed_backward", reference=_reference_backward,
+                            triton="compressed_patch_embed")
+
+
 @torch.library.custom_op("vidsel::compressed_patch_embed", mutates_args=())
 def _embed(
     iframe: Tensor, motion: Tensor, residual: Tensor, audio_feat: Optional[Tensor],
@@ -83,19 +103,7 @@ def _embed(
     visual = [iframe_weight, iframe_bias, iframe_pos, motion_weight, motion_bias, motion_pos,
               residual_weight, residual_bias, residual_pos]
     audio = [] if audio_feat is None else [audio_weight, audio_bias, audio_pos]
-    if impl == "reference":
-        tokens, audio_tokens = reference.compressed_patch_embed(
-            iframe, motion, residual, audio_feat, CompressedEmbedParams(*visual, *(audio or [None] * 3)),
-            patch, expand_audio)
-        return tokens, _empty(iframe) if audio_tokens is None else audio_tokens
-    if impl in ("cpu", "cuda"):
-        return tuple(torch.ops.vidsel_C.compressed_patch_embed(
-            iframe, motion, residual, audio_feat, visual, audio, patch, expand_audio))
-    if impl == "triton":
-        from vidsel.kernels.compressed_patch_embed import embed_forward
-
-        return embed_forward(iframe, motion, residual, audio_feat, visual, audio, patch, expand_audio)
-    raise ValueError(f"compressed_patch_embed: unknown impl {impl!r}")
+    return tuple(run_backend(EMBED, impl, iframe, motion, residual, audio_feat, visual, audio, patch, expand_audio))
 
 
 @_embed.register_fake
@@ -126,26 +134,8 @@ def _embed_backward(
     visual = [iframe_weight, iframe_bias, iframe_pos, motion_weight, motion_bias, motion_pos,
               residual_weight, residual_bias, residual_pos]
     audio = [] if audio_feat is None else [audio_weight, audio_bias, audio_pos]
-    if impl == "reference":
-        return _reference_backward(grad_tokens, grad_audio, [iframe, motion, residual, audio_feat], visual, audio,
-                                   patch, expand_audio, input_mask)
-    if impl in ("cpu", "cuda"):
-        return list(torch.ops.vidsel_C.compressed_patch_embed_backward(
-            grad_tokens, grad_audio, iframe, motion, residual, audio_feat, visual, audio, patch, expand_audio,
-            input_mask))
-    if impl == "triton":
-        from vidsel.kernels.compressed_patch_embed import embed_backward
-
-        return embed_backward(grad_tokens, grad_audio, iframe, motion, residual, audio_feat, visual, audio, patch,
-                              expand_audio, input_mask)
-    raise ValueError(f"compressed_patch_embed_backward: unknown impl {impl!r}")
-
-
-def _reference_backward(grad_tokens, grad_audio, inputs, visual, audio, patch, expand_audio, input_mask):
-    params = CompressedEmbedParams(*visual, *(audio or [None] * 3))
-    grads = reference.compressed_patch_embed_backward(grad_tokens, grad_audio, inputs, params, patch, expand_audio,
-                                                      input_mask)
-    return [_empty(grad_tokens) if g is None else g for g in grads]
+    return list(run_backend(EMBED_BACKWARD, impl, grad_tokens, grad_audio, iframe, motion, residual, audio_feat,
+                            visual, audio, patch, expand_audio, input_mask))
 
 
 @_embed_backward.register_fake
@@ -297,7 +287,7 @@ def compressed_patch_embed(
     params = _check_params(params, iframe, patch, (height // patch) * (width // patch), audio_feat is not None)
     if not isinstance(expand_audio, bool):
         raise TypeError(f"expand_audio must be a bool, got {type(expand_audio).__name__}")
-    impl = _backends.resolve_impl("compressed_patch_embed", impl, iframe.device, SUPPORTED_IMPLS)
+    impl = resolve("compressed_patch_embed", impl, iframe.device, EMBED, EMBED_BACKWARD)
     audio_params = list(params[9:]) if audio_feat is not None else [None] * 3
     tokens, audio_tokens = _embed(iframe, motion, residual, audio_feat, *params[:9], *audio_params,
                                   patch, expand_audio, impl)

@@ -13,11 +13,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vidsel import _backends
+from vidsel.ops._dispatch import resolve
 from vidsel.ops._validation import check_choice, check_int, check_tensor
-from vidsel.ops.topk_gather import topk_gather
+from vidsel.ops.perturbed_topk import PERTURBED_TOPK, PERTURBED_TOPK_BACKWARD, perturbed_topk
+from vidsel.ops.topk_gather import TOPK_GATHER, TOPK_GATHER_BACKWARD, topk_gather
 
-SUPPORTED_IMPLS = ("reference", "cpu", "triton", "cuda")  # those of topk_gather and perturbed_topk
 MODES = ("hard", "perturbed")
 
 
@@ -52,13 +52,12 @@ def frame_select(
     check_choice("mode", mode, MODES)
     batch, frames, tokens, dim = x.shape
     check_int("k", k, 1, frames)
-    impl = _backends.resolve_impl("frame_select", impl, x.device, SUPPORTED_IMPLS)
+    impl = resolve("frame_select", impl, x.device, TOPK_GATHER, TOPK_GATHER_BACKWARD, PERTURBED_TOPK,
+                   PERTURBED_TOPK_BACKWARD)
     rows = x.reshape(batch, frames, tokens * dim)
     if mode == "hard":
         selected, _ = topk_gather(rows, scores, k, sorted_by_index=True, impl=impl)
     else:
-        from vidsel.ops.perturbed_topk import perturbed_topk
-
         indicators = perturbed_topk(scores, k, num_samples=num_samples, sigma=sigma, seed=seed, impl=impl)
         selected = torch.bmm(indicators.to(x.dtype), rows)
     return selected.reshape(batch, k, tokens, dim)

@@ -18,32 +18,27 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from vidsel import _backends
-from vidsel.ops._dispatch import run_backend
+from vidsel.ops._dispatch import OpBackends, resolve, run_backend
 from vidsel.ops._validation import check_finite, check_int, check_tensor
 from vidsel.reference import gumbel_topk as reference
 from vidsel.reference import philox
 
-SUPPORTED_IMPLS = ("reference", "cpu", "triton", "cuda")
+GUMBEL_TOPK = OpBackends("gumbel_topk", reference=reference.gumbel_topk, triton="gumbel_topk")
+GUMBEL_TOPK_BACKWARD = OpBackends("gumbel_topk_backward", reference=reference.gumbel_topk_backward,
+                                  triton="gumbel_topk")
 
 
 @torch.library.custom_op("vidsel::gumbel_topk", mutates_args=())
 def _gumbel_topk(logits: Tensor, k: int, tau: float, hard: bool, replacement: bool, seed: int, impl: str) -> Tensor:
     check_finite("logits", logits)
-    return run_backend(
-        impl, "gumbel_topk", reference.gumbel_topk, "gumbel_topk",
-        logits, k, tau, hard, replacement, seed,
-    )
+    return run_backend(GUMBEL_TOPK, impl, logits, k, tau, hard, replacement, seed)
 
 
 @torch.library.custom_op("vidsel::gumbel_topk_backward", mutates_args=())
 def _gumbel_topk_backward(
     grad: Tensor, logits: Tensor, k: int, tau: float, replacement: bool, seed: int, impl: str
 ) -> Tensor:
-    return run_backend(
-        impl, "gumbel_topk_backward", reference.gumbel_topk_backward, "gumbel_topk",
-        grad, logits, k, tau, replacement, seed,
-    )
+    return run_backend(GUMBEL_TOPK_BACKWARD, impl, grad, logits, k, tau, replacement, seed)
 
 
 @_gumbel_topk.register_fake
@@ -128,7 +123,7 @@ def gumbel_topk(
         (B, k, L) in logits' dtype, rows in draw order.
     """
     tau, seed = _check_args(logits, k, tau, hard, replacement, seed)
-    impl = _backends.resolve_impl("gumbel_topk", impl, logits.device, SUPPORTED_IMPLS)
+    impl = resolve("gumbel_topk", impl, logits.device, GUMBEL_TOPK, GUMBEL_TOPK_BACKWARD)
     return _gumbel_topk(logits, k, tau, hard, replacement, seed, impl)
 
 

@@ -20,32 +20,27 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from vidsel import _backends
-from vidsel.ops._dispatch import run_backend
+from vidsel.ops._dispatch import OpBackends, resolve, run_backend
 from vidsel.ops._validation import check_finite, check_int, check_tensor
 from vidsel.reference import perturbed_topk as reference
 from vidsel.reference import philox
 
-SUPPORTED_IMPLS = ("reference", "cpu", "triton", "cuda")
+PERTURBED_TOPK = OpBackends("perturbed_topk", reference=reference.perturbed_topk, triton="perturbed_topk")
+PERTURBED_TOPK_BACKWARD = OpBackends("perturbed_topk_backward", reference=reference.perturbed_topk_backward,
+                                     triton="perturbed_topk")
 
 
 @torch.library.custom_op("vidsel::perturbed_topk", mutates_args=())
 def _perturbed_topk(scores: Tensor, k: int, num_samples: int, sigma: float, seed: int, impl: str) -> Tensor:
     check_finite("scores", scores)
-    return run_backend(
-        impl, "perturbed_topk", reference.perturbed_topk, "perturbed_topk",
-        scores, k, num_samples, sigma, seed,
-    )
+    return run_backend(PERTURBED_TOPK, impl, scores, k, num_samples, sigma, seed)
 
 
 @torch.library.custom_op("vidsel::perturbed_topk_backward", mutates_args=())
 def _perturbed_topk_backward(
     grad: Tensor, scores: Tensor, k: int, num_samples: int, sigma: float, seed: int, impl: str
 ) -> Tensor:
-    return run_backend(
-        impl, "perturbed_topk_backward", reference.perturbed_topk_backward, "perturbed_topk",
-        grad, scores, k, num_samples, sigma, seed,
-    )
+    return run_backend(PERTURBED_TOPK_BACKWARD, impl, grad, scores, k, num_samples, sigma, seed)
 
 
 @_perturbed_topk.register_fake
@@ -87,28 +82,31 @@ def _perturbed_topk_backward_flops(grad_shape, scores_shape, k, num_samples, sig
     return 2 * batch * num_samples * (2 * length + k)
 
 
+def _dense_indicator_matmul_backward(grad, indicators, x, need_x, need_indicators):
+    grad_x, grad_indicators = reference.indicator_matmul_backward(grad, indicators, x)
+    empty = x.new_empty(0)
+    return (grad_x if need_x else empty), (grad_indicators if need_indicators else empty)
+
+
+# The C++ kernels skip the zero indicators (~94% of them in STTS's setting); Triton uses the dense
+# batched GEMM (cuBLAS on a GPU), as the reference does.
+INDICATOR_MATMUL = OpBackends("indicator_matmul", reference=reference.indicator_matmul,
+                              triton=reference.indicator_matmul)
+INDICATOR_MATMUL_BACKWARD = OpBackends("indicator_matmul_backward", reference=_dense_indicator_matmul_backward,
+                                       triton=_dense_indicator_matmul_backward)
+
+
 @torch.library.custom_op("vidsel::indicator_matmul", mutates_args=())
 def _indicator_matmul(indicators: Tensor, x: Tensor, impl: str) -> Tensor:
-    """Y^T x (eq. 9). The C++ kernel skips the zero indicators (~94% of them in STTS's setting);
-    Triton uses the dense batched GEMM (cuBLAS), like the reference."""
-    if impl in ("reference", "triton"):
-        return reference.indicator_matmul(indicators, x)
-    if impl in ("cpu", "cuda"):
-        return torch.ops.vidsel_C.indicator_matmul(indicators, x)
-    raise ValueError(f"indicator_matmul: unknown impl {impl!r}")
+    """Y^T x (eq. 9): indicators (B, k, L), x (B, L, D) -> (B, k, D)."""
+    return run_backend(INDICATOR_MATMUL, impl, indicators, x)
 
 
 @torch.library.custom_op("vidsel::indicator_matmul_backward", mutates_args=())
 def _indicator_matmul_backward(
     grad: Tensor, indicators: Tensor, x: Tensor, need_x: bool, need_indicators: bool, impl: str
 ) -> tuple[Tensor, Tensor]:
-    if impl in ("reference", "triton"):
-        grad_x, grad_indicators = reference.indicator_matmul_backward(grad, indicators, x)
-        empty = x.new_empty(0)
-        return (grad_x if need_x else empty), (grad_indicators if need_indicators else empty)
-    if impl in ("cpu", "cuda"):
-        return tuple(torch.ops.vidsel_C.indicator_matmul_backward(grad, indicators, x, need_x, need_indicators))
-    raise ValueError(f"indicator_matmul_backward: unknown impl {impl!r}")
+    return tuple(run_backend(INDICATOR_MATMUL_BACKWARD, impl, grad, indicators, x, need_x, need_indicators))
 
 
 @_indicator_matmul.register_fake
@@ -199,7 +197,7 @@ def perturbed_topk(
         samples in which item l is the i-th selected item in input order. Rows sum to 1.
     """
     length, sigma, seed = _check_common(scores, k, num_samples, sigma, seed)
-    impl = _backends.resolve_impl("perturbed_topk", impl, scores.device, SUPPORTED_IMPLS)
+    impl = resolve("perturbed_topk", impl, scores.device, PERTURBED_TOPK, PERTURBED_TOPK_BACKWARD)
     flat = scores.reshape(-1, length)
     out = _perturbed_topk(flat, k, num_samples, sigma, seed, impl)
     return out.reshape(*scores.shape[:-1], k, length)
@@ -233,6 +231,7 @@ def perturbed_topk_select(
     if scores.dtype != x.dtype:
         raise TypeError(f"scores must have the dtype of x ({x.dtype}), got {scores.dtype}")
     length, sigma, seed = _check_common(scores, k, num_samples, sigma, seed)
-    impl = _backends.resolve_impl("perturbed_topk_select", impl, x.device, SUPPORTED_IMPLS)
+    impl = resolve("perturbed_topk_select", impl, x.device, PERTURBED_TOPK, PERTURBED_TOPK_BACKWARD,
+                   INDICATOR_MATMUL, INDICATOR_MATMUL_BACKWARD)
     indicators = _perturbed_topk(scores, k, num_samples, sigma, seed, impl)
     return _indicator_matmul(indicators, x, impl)

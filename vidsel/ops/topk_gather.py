@@ -18,11 +18,19 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from vidsel import _backends
+from vidsel.ops._dispatch import OpBackends, resolve, run_backend
 from vidsel.ops._validation import check_int, check_tensor
-from vidsel.reference import selection as reference
+from vidsel.reference import topk_gather as reference
 
-SUPPORTED_IMPLS = ("reference", "cpu", "triton", "cuda")
+
+def _reference_topk_gather(x: Tensor, scores: Tensor, k: int, sorted_by_index: bool) -> tuple[Tensor, Tensor]:
+    selected, index = reference.topk_gather(x, scores, k, sorted_by_index)
+    return selected.contiguous(), index.contiguous()
+
+
+TOPK_GATHER = OpBackends("topk_gather", reference=_reference_topk_gather, triton="topk_gather")
+TOPK_GATHER_BACKWARD = OpBackends("topk_gather_backward", reference=reference.topk_gather_backward,
+                                  triton="topk_gather")
 
 
 @torch.library.custom_op("vidsel::topk_gather", mutates_args=())
@@ -30,30 +38,13 @@ def _topk_gather(x: Tensor, scores: Tensor, k: int, sorted_by_index: bool, impl:
     # +-inf is a valid score (e.g. -inf masks a token out); NaN has no order.
     if bool(torch.isnan(scores).any()):
         raise ValueError("scores contains NaN values")
-    if impl == "reference":
-        selected, index = reference.topk_gather(x, scores, k, sorted_by_index)
-        return selected.contiguous(), index.contiguous()
-    if impl in ("cpu", "cuda"):
-        return tuple(torch.ops.vidsel_C.topk_gather(x, scores, k, sorted_by_index))
-    if impl == "triton":
-        from vidsel.kernels.topk_gather import topk_gather
-
-        return topk_gather(x, scores, k, sorted_by_index)
-    raise ValueError(f"topk_gather: unknown impl {impl!r}")
+    return tuple(run_backend(TOPK_GATHER, impl, x, scores, k, sorted_by_index))
 
 
 @torch.library.custom_op("vidsel::topk_gather_backward", mutates_args=())
 def _topk_gather_backward(grad: Tensor, index: Tensor, n: int, impl: str) -> Tensor:
     """grad (B, k, D) rows written to their distinct positions index (B, k) of a zero (B, n, D)."""
-    if impl == "reference":
-        return reference.scatter_rows(grad, index, n)
-    if impl in ("cpu", "cuda"):
-        return torch.ops.vidsel_C.topk_gather_backward(grad, index, n)
-    if impl == "triton":
-        from vidsel.kernels.topk_gather import scatter_selected_rows
-
-        return scatter_selected_rows(grad, index, n)
-    raise ValueError(f"topk_gather_backward: unknown impl {impl!r}")
+    return run_backend(TOPK_GATHER_BACKWARD, impl, grad, index, n)
 
 
 @_topk_gather.register_fake
@@ -87,8 +78,8 @@ def _backward_setup(ctx, inputs, output):
 
 
 def _backward_backward(ctx, grad):
-    """The scatter's adjoint is the gather of the same rows (merge's gather_rows op)."""
-    from vidsel.ops.merge import _gather_rows
+    """The scatter's adjoint is the gather of the same rows (the gather_rows op of token merging)."""
+    from vidsel.ops.token_merging import _gather_rows
 
     (index,) = ctx.saved_tensors
     return _gather_rows(grad.contiguous(), index, None, ctx.impl), None, None, None
@@ -137,7 +128,7 @@ def topk_gather(
         raise TypeError(f"sorted_by_index must be a bool, got {type(sorted_by_index).__name__}")
     *group_shape, n, dim = x.shape
     check_int("k", k, 1, n)
-    impl = _backends.resolve_impl("topk_gather", impl, x.device, SUPPORTED_IMPLS)
+    impl = resolve("topk_gather", impl, x.device, TOPK_GATHER, TOPK_GATHER_BACKWARD)
     groups = math.prod(group_shape)
     selected, index = _topk_gather(x.reshape(groups, n, dim), scores.reshape(groups, n), k, sorted_by_index, impl)
     return selected.reshape(*group_shape, k, dim), index.reshape(*group_shape, k)

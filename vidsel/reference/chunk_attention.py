@@ -14,28 +14,36 @@ import torch
 from torch import Tensor
 
 
-def key_chunk_ends(chunk_lens: Sequence[int], device=None) -> Tensor:
-    """(Lk,) int64: for every key position, the end (exclusive) of the chunk that holds it."""
+def chunk_layout(chunk_lens: Sequence[int], lq: int, device=None) -> tuple[Tensor, Tensor]:
+    """Where each query's keys end and each key's queries start: the layout every backend reads.
+
+    chunk_lens: positive chunk lengths summing to Lk. Queries are the last Lq of the Lk positions (a
+    streaming prefill when Lq < Lk); query row i sits at position p = Lk - Lq + i.
+    Returns key_end (Lq,) int64: row i sees keys [0, key_end[i]), the end of p's chunk (eq. 8), and
+    first_row (Lk,) int64: the first query row that sees key j (rows i >= first_row[j] do).
+    """
     lens = torch.as_tensor(list(chunk_lens), dtype=torch.int64, device=device)
-    return torch.repeat_interleave(torch.cumsum(lens, 0), lens)
+    chunk_end = torch.repeat_interleave(torch.cumsum(lens, 0), lens)  # (Lk,): end of each key's chunk
+    chunk_start = chunk_end - torch.repeat_interleave(lens, lens)
+    offset = chunk_end.numel() - lq
+    return chunk_end[offset:].contiguous(), (chunk_start - offset).clamp(min=0)
+
+
+def visibility_mask(key_end: Tensor, lk: int) -> Tensor:
+    """(Lq, Lk) bool, True where query i may attend to key j: j < key_end[i]."""
+    return torch.arange(lk, device=key_end.device)[None, :] < key_end[:, None]
 
 
 def block_causal_mask(chunk_lens: Sequence[int], lq: int, device=None) -> Tensor:
-    """(Lq, Lk) bool, True where query i may attend to key j (eq. 8).
-
-    Queries are the last Lq of the Lk positions (a streaming prefill when Lq < Lk). Query i at
-    position p = Lk - Lq + i sees key j iff j < end of p's chunk, i.e. chunk(j) <= chunk(p).
-    """
-    ends = key_chunk_ends(chunk_lens, device)
-    lk = ends.numel()
-    query_ends = ends[lk - lq:]
-    return torch.arange(lk, device=device)[None, :] < query_ends[:, None]
+    """(Lq, Lk) bool, True where query i may attend to key j (eq. 8): chunk(j) <= chunk(query i)."""
+    key_end, _ = chunk_layout(chunk_lens, lq, device)
+    return visibility_mask(key_end, sum(chunk_lens))
 
 
 def chunk_causal_attention(
-    q: Tensor, k: Tensor, v: Tensor, chunk_lens: Sequence[int], key_bias: Tensor | None, scale: float
+    q: Tensor, k: Tensor, v: Tensor, key_end: Tensor, key_bias: Tensor | None, scale: float
 ) -> tuple[Tensor, Tensor]:
-    """q (B, H, Lq, Dh), k, v (B, H, Lk, Dh), key_bias (B, Lk) or None.
+    """q (B, H, Lq, Dh), k, v (B, H, Lk, Dh), key_end (Lq,) from chunk_layout, key_bias (B, Lk) or None.
 
     Returns out (B, H, Lq, Dh) and the logsumexp of each query's masked scores (B, H, Lq), both
     computed in float32 (float64 for float64 inputs); out is cast back to q's dtype.
@@ -44,8 +52,7 @@ def chunk_causal_attention(
     scores = torch.einsum("bhid,bhjd->bhij", q.to(compute), k.to(compute)) * scale
     if key_bias is not None:
         scores = scores + key_bias.to(compute)[:, None, None, :]
-    mask = block_causal_mask(chunk_lens, q.shape[2], q.device)
-    scores = scores.masked_fill(~mask, float("-inf"))
+    scores = scores.masked_fill(~visibility_mask(key_end, k.shape[2]), float("-inf"))
     lse = torch.logsumexp(scores, dim=-1)
     probs = torch.exp(scores - lse[..., None])
     out = torch.einsum("bhij,bhjd->bhid", probs, v.to(compute))
@@ -53,7 +60,7 @@ def chunk_causal_attention(
 
 
 def chunk_causal_attention_backward(
-    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, chunk_lens: Sequence[int], key_bias: Tensor | None, scale: float
+    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, key_end: Tensor, key_bias: Tensor | None, scale: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """Gradients of chunk_causal_attention w.r.t. q, k, v and key_bias (None without a bias).
 
@@ -62,12 +69,11 @@ def chunk_causal_attention_backward(
     """
     compute = torch.float64 if q.dtype == torch.float64 else torch.float32
     q32, k32, v32, go = (t.to(compute) for t in (q, k, v, grad_out))
-    _, lse = chunk_causal_attention(q, k, v, chunk_lens, key_bias, scale)
+    _, lse = chunk_causal_attention(q, k, v, key_end, key_bias, scale)
     scores = torch.einsum("bhid,bhjd->bhij", q32, k32) * scale
     if key_bias is not None:
         scores = scores + key_bias.to(compute)[:, None, None, :]
-    mask = block_causal_mask(chunk_lens, q.shape[2], q.device)
-    probs = torch.exp(scores.masked_fill(~mask, float("-inf")) - lse[..., None])
+    probs = torch.exp(scores.masked_fill(~visibility_mask(key_end, k.shape[2]), float("-inf")) - lse[..., None])
     grad_v = torch.einsum("bhij,bhid->bhjd", probs, go)
     grad_probs = torch.einsum("bhid,bhjd->bhij", go, v32)
     grad_scores = probs * (grad_probs - (probs * grad_probs).sum(-1, keepdim=True))

@@ -1,112 +1,24 @@
-"""Pure-PyTorch reference of the deterministic token selections of STTS §3.2–3.3 and MIST §3.2.
+"""Deprecated module path: the references it held are vidsel.reference.topk_gather and
+vidsel.reference.anchor_select. Kept for one release."""
 
-* top-k gather (STTS eq. 4 with the slicing of hard inference; MIST eq. 5 Top_j region selection):
-  the k highest scores of each group, their rows of x gathered. Ties go to the lower index.
-* anchor scores (STTS §3.3): the score map of a frame is split into overlapping anchors of size
-  (h, w) with stride (sh, sw), G = ((H - h) / sh + 1) * ((W - w) / sw + 1); each anchor's score is
-  the average of the scores it covers.
-* anchor gather: the indicator-weighted sum of the G anchor windows, out = sum_g Y_g x[window g]
-  (STTS eq. 9 with the anchors as the selected items). A one-hot Y is the hard top-1 anchor.
+import warnings
 
-Anchor sums are accumulated in float64 in every backend: for float32/16 scores they are exact, so
-all backends see bit-identical anchor scores and pick the same anchor.
-"""
+from vidsel.reference.anchor_select import (  # noqa: F401
+    anchor_gather,
+    anchor_gather_backward,
+    anchor_grid,
+    anchor_offsets,
+    anchor_scores,
+    anchor_scores_backward,
+    hard_anchor_index,
+)
+from vidsel.reference.topk_gather import gather_rows, topk_gather, topk_gather_backward, topk_indices  # noqa: F401
 
-from __future__ import annotations
+scatter_rows = topk_gather_backward  # its name here before
 
-import torch
-
-
-def topk_indices(scores: torch.Tensor, k: int, sorted_by_index: bool) -> torch.Tensor:
-    """(B, N) scores -> (B, k) int64 positions of the k largest, ties to the lower position.
-
-    sorted_by_index: ascending positions (STTS: "indices sorted to preserve the order of the input
-    sequence"); otherwise by descending score.
-    """
-    order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
-    return torch.sort(order, dim=1).values if sorted_by_index else order
-
-
-def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """x (B, N, D), index (B, k) -> x[b, index[b, j]] of shape (B, k, D)."""
-    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-
-
-def scatter_rows(grad: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
-    """Adjoint of gather_rows for distinct indices: (B, k, D) -> (B, n, D), zero rows elsewhere."""
-    out = grad.new_zeros(grad.shape[0], n, grad.shape[2])
-    return out.scatter(1, index.unsqueeze(-1).expand(-1, -1, grad.shape[2]), grad)
-
-
-def topk_gather(x: torch.Tensor, scores: torch.Tensor, k: int, sorted_by_index: bool):
-    """x (B, N, D), scores (B, N) -> (selected (B, k, D), index (B, k))."""
-    index = topk_indices(scores, k, sorted_by_index)
-    return gather_rows(x, index), index
-
-
-def anchor_grid(height: int, width: int, anchor_h: int, anchor_w: int, stride_h: int, stride_w: int):
-    """Number of anchor rows and columns: (H - h) // sh + 1, (W - w) // sw + 1 (STTS §3.3)."""
-    return (height - anchor_h) // stride_h + 1, (width - anchor_w) // stride_w + 1
-
-
-def anchor_scores(scores: torch.Tensor, anchor_h: int, anchor_w: int, stride_h: int, stride_w: int) -> torch.Tensor:
-    """(B, H, W) score maps -> (B, G) mean score of every anchor, row-major over the anchor grid."""
-    windows = scores.double().unfold(1, anchor_h, stride_h).unfold(2, anchor_w, stride_w)  # a view
-    sums = windows.sum(dim=(-1, -2))
-    return (sums / (anchor_h * anchor_w)).flatten(1).to(scores.dtype)
-
-
-def anchor_offsets(height, width, anchor_h, anchor_w, stride_h, stride_w, device):
-    """(G,) top-left row and column of every anchor."""
-    rows, cols = anchor_grid(height, width, anchor_h, anchor_w, stride_h, stride_w)
-    top = torch.arange(rows, device=device).repeat_interleave(cols) * stride_h
-    left = torch.arange(cols, device=device).repeat(rows) * stride_w
-    return top, left
-
-
-def anchor_gather(
-    x: torch.Tensor, weights: torch.Tensor, anchor_h: int, anchor_w: int, stride_h: int, stride_w: int
-) -> torch.Tensor:
-    """x (B, H, W, D), weights (B, G) -> (B, h, w, D) = sum_g weights[b, g] * x[b, window g]."""
-    batch, height, width, dim = x.shape
-    top, left = anchor_offsets(height, width, anchor_h, anchor_w, stride_h, stride_w, x.device)
-    acc = _accumulation_dtype(x.dtype)
-    out = torch.zeros(batch, anchor_h, anchor_w, dim, dtype=acc, device=x.device)
-    for g in range(top.shape[0]):
-        window = x[:, top[g] : top[g] + anchor_h, left[g] : left[g] + anchor_w]
-        out += weights[:, g, None, None, None].to(acc) * window.to(acc)
-    return out.to(x.dtype)
-
-
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def hard_anchor_index(scores: torch.Tensor, anchor_h, anchor_w, stride_h, stride_w) -> torch.Tensor:
-    """(B, H, W) -> (B,) index of the best anchor (top-1 of STTS §3.3), ties to the lower index."""
-    return torch.argmax(anchor_scores(scores, anchor_h, anchor_w, stride_h, stride_w), dim=1)
-
-
-def anchor_scores_backward(grad, height, width, anchor_h, anchor_w, stride_h, stride_w) -> torch.Tensor:
-    """Adjoint of anchor_scores: grad (B, G) -> (B, H, W), each anchor adds grad / (h w) to its window."""
-    top, left = anchor_offsets(height, width, anchor_h, anchor_w, stride_h, stride_w, grad.device)
-    out = torch.zeros(grad.shape[0], height, width, dtype=torch.float64, device=grad.device)
-    share = grad.double() / (anchor_h * anchor_w)
-    for g in range(top.shape[0]):
-        out[:, top[g] : top[g] + anchor_h, left[g] : left[g] + anchor_w] += share[:, g, None, None]
-    return out.to(grad.dtype)
-
-
-def anchor_gather_backward(grad, x, weights, stride_h, stride_w) -> tuple[torch.Tensor, torch.Tensor]:
-    """Adjoint of anchor_gather: grad (B, h, w, D) -> grad_x (B, H, W, D), grad_weights (B, G)."""
-    batch, height, width, dim = x.shape
-    anchor_h, anchor_w = grad.shape[1:3]
-    top, left = anchor_offsets(height, width, anchor_h, anchor_w, stride_h, stride_w, x.device)
-    acc = _accumulation_dtype(x.dtype)
-    grad_x = torch.zeros(x.shape, dtype=acc, device=x.device)
-    grad_w = torch.zeros(weights.shape, dtype=torch.float64, device=x.device)
-    for g in range(top.shape[0]):
-        rows, cols = slice(top[g], top[g] + anchor_h), slice(left[g], left[g] + anchor_w)
-        grad_x[:, rows, cols] += weights[:, g, None, None, None].to(acc) * grad.to(acc)
-        grad_w[:, g] = (grad.double() * x[:, rows, cols].double()).sum(dim=(1, 2, 3))
-    return grad_x.to(x.dtype), grad_w.to(weights.dtype)
+warnings.warn(
+    "vidsel.reference.selection is deprecated and will be removed; import vidsel.reference.topk_gather "
+    "or vidsel.reference.anchor_select instead",
+    DeprecationWarning,
+    stacklevel=2,
+)

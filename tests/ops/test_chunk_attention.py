@@ -8,10 +8,16 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import vidsel.ops as ops
 from tests.helpers import DTYPES, assert_close, cpu_backends, non_contiguous
-from vidsel.ops.chunk_attention import SUPPORTED_IMPLS, _chunk_attention_fwd, _resolve_chunk_lens
-from vidsel.reference.chunk_attention import block_causal_mask
+from vidsel.ops._dispatch import supported
+from vidsel.ops.chunk_attention import (
+    CHUNK_ATTENTION,
+    CHUNK_ATTENTION_BACKWARD,
+    _chunk_attention,
+    _resolve_chunk_lens,
+)
+from vidsel.reference.chunk_attention import block_causal_mask, chunk_layout
 
-BACKENDS = cpu_backends(SUPPORTED_IMPLS)
+BACKENDS = cpu_backends(supported(CHUNK_ATTENTION, CHUNK_ATTENTION_BACKWARD))
 
 # (B, H, Lq, Lk, Dh, chunking): L not a multiple of the chunk or tile, Dh 40 and 64, Lq < Lk, B=1, H=1,
 # variable chunks with a length-1 chunk.
@@ -117,8 +123,8 @@ def test_gradcheck_float64(impl):
 @pytest.mark.parametrize("impl", BACKENDS)
 def test_opcheck(impl):
     q, k, v, key_bias = (t.requires_grad_() for t in _inputs(1, 2, 6, 9, 16))
-    torch.library.opcheck(_chunk_attention_fwd, (q, k, v, [4, 1, 4], key_bias, 0.25, impl))
-    torch.library.opcheck(_chunk_attention_fwd, (q, k, v, [9], None, 0.25, impl))
+    torch.library.opcheck(_chunk_attention, (q, k, v, [4, 1, 4], key_bias, 0.25, impl))
+    torch.library.opcheck(_chunk_attention, (q, k, v, [9], None, 0.25, impl))
 
 
 def test_compile_matches_eager():
@@ -187,3 +193,20 @@ def test_bad_tensors(tensors, error, pattern):
     q, k, v, _ = _inputs(2, 2, 9, 9, 16, bias=False)
     with pytest.raises(error, match=pattern):
         ops.chunk_causal_attention(*tensors(q, k, v), chunk_size=3)
+
+
+@pytest.mark.parametrize("chunk_lens, lq", [([4, 1, 4], 9), ([4, 1, 4], 3), ([1, 9, 1, 17, 5], 21), ([7], 7), ([3, 3], 0)])
+def test_chunk_layout_is_the_mask_of_eq8(chunk_lens, lq):
+    key_end, first_row = chunk_layout(chunk_lens, lq)
+    lk = sum(chunk_lens)
+    mask = block_causal_mask(chunk_lens, lq)  # built position by position from the chunk of each query
+    chunk_of = [c for c, n in enumerate(chunk_lens) for _ in range(n)]
+    for i in range(lq):
+        visible = [j for j in range(lk) if chunk_of[j] <= chunk_of[lk - lq + i]]
+        assert mask[i].nonzero().flatten().tolist() == visible
+        assert int(key_end[i]) == max(visible) + 1
+    for j in range(lk):
+        rows = [i for i in range(lq) if chunk_of[j] <= chunk_of[lk - lq + i]]
+        assert int(first_row[j]) == (rows[0] if rows else 0)
+    assert key_end.dtype == first_row.dtype == torch.int64
+    assert key_end.shape == (lq,) and first_row.shape == (lk,)

@@ -9,10 +9,11 @@ import torch
 from tests.helpers import DTYPES, assert_close, compiled_backends, cpu_backends, non_contiguous
 from vidsel.nn import CompressedPatchEmbed, log_mel_features
 from vidsel.ops import CompressedEmbedParams, compressed_patch_embed
+from vidsel.ops._dispatch import supported
 op_module = importlib.import_module("vidsel.ops.compressed_patch_embed")
 from vidsel.reference import compressed_patch_embed as reference
 
-SUPPORTED = op_module.SUPPORTED_IMPLS
+SUPPORTED = supported(op_module.EMBED, op_module.EMBED_BACKWARD)
 BACKENDS = compiled_backends(SUPPORTED)
 
 

@@ -5,7 +5,10 @@ import torch
 
 from tests.helpers import assert_close, cpu_backends
 from vidsel.nn import ChunkCausalSelfAttention
-from vidsel.ops.chunk_attention import SUPPORTED_IMPLS
+from vidsel.ops._dispatch import supported
+from vidsel.ops.chunk_attention import CHUNK_ATTENTION, CHUNK_ATTENTION_BACKWARD
+
+SUPPORTED_IMPLS = supported(CHUNK_ATTENTION, CHUNK_ATTENTION_BACKWARD)
 
 
 @pytest.mark.parametrize("impl", cpu_backends(SUPPORTED_IMPLS))

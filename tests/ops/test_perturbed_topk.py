@@ -13,8 +13,12 @@ import torch
 
 import vidsel.ops as ops
 from tests.helpers import DTYPES, assert_close, compiled_backends, cpu_backends, non_contiguous
+from vidsel.ops._dispatch import supported
 from vidsel.ops.perturbed_topk import (
-    SUPPORTED_IMPLS,
+    INDICATOR_MATMUL,
+    INDICATOR_MATMUL_BACKWARD,
+    PERTURBED_TOPK,
+    PERTURBED_TOPK_BACKWARD,
     _indicator_matmul,
     _indicator_matmul_backward,
     _perturbed_topk,
@@ -22,6 +26,7 @@ from vidsel.ops.perturbed_topk import (
 )
 from vidsel.reference import philox
 
+SUPPORTED_IMPLS = supported(PERTURBED_TOPK, PERTURBED_TOPK_BACKWARD, INDICATOR_MATMUL, INDICATOR_MATMUL_BACKWARD)
 BACKENDS = cpu_backends(SUPPORTED_IMPLS)
 COMPILED = compiled_backends(SUPPORTED_IMPLS)
 # (B, L, k): L = 1, k = 1, k = L, L not a multiple of any block (13, 70), B = 1

@@ -12,7 +12,7 @@ import vidsel
 import vidsel.ops
 from vidsel import _backends
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ALL = ("reference", "cpu", "triton", "cuda")
 
 
@@ -47,7 +47,8 @@ def test_explicit_choice_never_falls_back():
 def test_info_lists_every_backend_and_op():
     result = _python("import vidsel.info as i; print(i.report())", {})
     assert result.returncode == 0, result.stderr
-    for word in ("reference", "cpu", "triton", "cuda", "bipartite_match", "merge"):
+    for word in ("reference", "cpu", "triton", "cuda", "bipartite_match", "scatter_rows", "gather_rows",
+                 "chunk_attention_backward", "compressed_patch_embed"):
         assert word in result.stdout
 
 
@@ -78,7 +79,9 @@ def test_import_works_with_nothing_compiled(tmp_path):
     """A copy of the package without the built extensions: import warns, auto uses the reference,
     an explicit compiled backend raises saying why."""
     package = tmp_path / "vidsel"
-    shutil.copytree(os.path.join(ROOT, "vidsel"), package, ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    # vidsel/kernels may be a development symlink to kernels/: the copy takes kernels/ itself, as setup.py does.
+    shutil.copytree(os.path.join(ROOT, "vidsel"), package,
+                    ignore=shutil.ignore_patterns("*.so", "__pycache__", "kernels"))
     shutil.copytree(os.path.join(ROOT, "kernels"), package / "kernels", ignore=shutil.ignore_patterns("__pycache__"))
     code = (
         "import warnings, torch\n"
@@ -125,3 +128,56 @@ def test_cpu_kernels_report_what_they_were_compiled_for():
         assert features.startswith("avx512 (vidsel GEMM)")
     else:
         assert features.startswith(("avx512", "no avx512"))
+
+
+def test_every_custom_op_declares_its_backends_once():
+    from vidsel.ops._dispatch import REGISTRY, OpBackends
+
+    names = torch._C._dispatch_get_all_op_names()
+    custom = {n.split("::")[1] for n in names if n.startswith("vidsel::")}
+    assert custom == set(REGISTRY), f"custom ops without OpBackends: {custom - set(REGISTRY)}"
+    if _backends.backend_status()["cpu"].built:
+        compiled = {n.split("::")[1] for n in names if n.startswith("vidsel_C::")}
+        declared = {name for name, op in REGISTRY.items() if op.compiled}
+        assert declared <= compiled, f"declared compiled but not in vidsel_C: {declared - compiled}"
+    with pytest.raises(ValueError, match="declares its backends twice"):
+        OpBackends("scatter_rows", reference=lambda *args: None)
+
+
+def test_run_backend_refuses_a_backend_the_op_does_not_have():
+    from vidsel.ops._dispatch import OpBackends, REGISTRY, run_backend, supported
+
+    op = OpBackends("test_only_reference_op", reference=lambda x: x + 1, compiled=False)
+    try:
+        assert op.supported == ("reference",)
+        assert supported(op, REGISTRY["scatter_rows"]) == ("reference",)
+        assert run_backend(op, "reference", 1) == 2
+        with pytest.raises(ValueError, match=r"test_only_reference_op: impl='triton' is not one of its backends"):
+            run_backend(op, "triton", 1)
+    finally:
+        del REGISTRY["test_only_reference_op"]
+
+
+def test_moved_module_paths_still_import_with_a_deprecation_warning():
+    code = (
+        "import warnings\n"
+        "warnings.simplefilter('error', DeprecationWarning)\n"
+        "import vidsel.ops as ops\n"
+        "for old, name in (('vidsel.ops.merge', 'merge'), ('vidsel.ops.bipartite_match', 'Matching'),\n"
+        "                  ('vidsel.reference.selection', 'topk_gather')):\n"
+        "    try:\n"
+        "        exec(f'from {old} import {name}')\n"
+        "    except DeprecationWarning as warning:\n"
+        "        assert old in str(warning), warning\n"
+        "    else:\n"
+        "        raise AssertionError(f'{old} did not warn')\n"
+        "warnings.simplefilter('ignore', DeprecationWarning)\n"
+        "from vidsel.ops.merge import merge\n"
+        "from vidsel.ops.bipartite_match import Matching, bipartite_match\n"
+        "assert merge is ops.merge and Matching is ops.Matching and bipartite_match is ops.bipartite_match\n"
+        "assert callable(ops.merge) and callable(ops.bipartite_match)  # the package keeps the functions\n"
+        "print('ok')\n"
+    )
+    result = _python(code, {})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("ok")

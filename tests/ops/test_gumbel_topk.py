@@ -10,7 +10,10 @@ import torch
 
 import vidsel.ops as ops
 from tests.helpers import DTYPES, assert_close, compiled_backends, cpu_backends, non_contiguous
-from vidsel.ops.gumbel_topk import SUPPORTED_IMPLS, _gumbel_topk, _gumbel_topk_backward
+from vidsel.ops._dispatch import supported
+from vidsel.ops.gumbel_topk import GUMBEL_TOPK, GUMBEL_TOPK_BACKWARD, _gumbel_topk, _gumbel_topk_backward
+
+SUPPORTED_IMPLS = supported(GUMBEL_TOPK, GUMBEL_TOPK_BACKWARD)
 
 BACKENDS = cpu_backends(SUPPORTED_IMPLS)
 COMPILED = compiled_backends(SUPPORTED_IMPLS)

@@ -7,7 +7,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import vidsel.ops as ops
 from tests.helpers import DTYPES, assert_close, compiled_backends, cpu_backends, non_contiguous
 from vidsel.ops.anchor_select import _anchor_gather
-from vidsel.reference import selection as reference
+from vidsel.reference import anchor_select as reference
 
 BACKENDS = cpu_backends()
 FUSED = compiled_backends()

@@ -1,6 +1,6 @@
-"""Issue 5 benchmark: compressed-domain patch embedding (MM-ViT §3.2 eq. 1–4), CPU float32.
+"""Compressed-domain patch embedding (MM-ViT §3.2 eq. 1–4), CPU float32.
 
-B=2, T=8, 224², D=768, P=16, audio features 128-d, motion at H.264 block granularity g=4 (and g=16,
+What: B=2, T=8, 224², D=768, P=16, audio features 128-d, motion at H.264 block granularity g=4 (and g=16,
 MPEG-4 macroblocks, forward only). Contenders:
   reference path — what a PyTorch user writes: nearest-upsample motion to H×W, three Conv2d patch
       embeddings, PE adds, audio projected and repeated N times, stack (vidsel/reference, autograd).
@@ -8,6 +8,8 @@ MPEG-4 macroblocks, forward only). Contenders:
   vidsel cpu, expand_audio=False — visual (B, 3, T, N, D) + audio (B, T, D): no N audio copies.
 Forward+backward: gradients of all parameters (inputs are data). Memory: peak allocated during the
 forward, and during forward+backward.
+Why: MM-ViT embeds four modalities per frame; on block-granular motion the fused op should skip the
+dense flow field and the N audio copies the plain PyTorch path materialises.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def run(profile: str) -> list[Table]:
     contenders = _contenders(params)
     fwd_rounds, fb_rounds = (31, 11) if profile == "full" else (15, 7)
     table = Table(
-        name="compressed_embed",
+        name="compressed_patch_embed",
         title=f"compressed patch embedding (MM-ViT eq. 1–4), B={BATCH}, T={FRAMES}, {SIZE}², D={DIM}, P={PATCH}, "
         f"float32, {torch.get_num_threads()} threads",
         columns=["motion g", "contender", "fwd ms", "fwd+bwd ms", "fwd speed-up", "fwd+bwd speed-up",

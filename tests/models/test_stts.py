@@ -1,7 +1,8 @@
-"""Behaviour of the STTS models (vidsel.models.stts): grammar, counts, shapes, training, eval, learning.
+"""Behaviour of the STTS models (vidsel.models.stts): grammar, token counts, shapes, training, eval.
 
-Small configs throughout (reduced width, depth, frames and resolution). Single-threaded: the
-machine is shared and tiny models run faster on one thread than on two contended ones.
+The selector layers themselves are tested in tests/nn/test_stts_selectors.py. Small configs
+throughout (reduced width, depth, frames and resolution). Single-threaded: the machine is shared
+and tiny models run faster on one thread than on two contended ones.
 """
 
 import pytest
@@ -11,16 +12,7 @@ from torch import nn
 import vidsel
 from tests.helpers import assert_close, cpu_backends
 from vidsel.models import stts
-from vidsel.models.stts import (
-    AnchorSpatialSelector,
-    ScorerNetwork,
-    SelectionSpec,
-    TemporalSelector,
-    anchor_side,
-    frames_kept,
-    parse_selections,
-    sigma_at,
-)
+from vidsel.models.stts import SelectionSpec, parse_selections
 
 SMALL = {
     # 8 frames at 64² -> MViT grid (4, 16, 16) before block 0, (4, 4, 4) before block 2
@@ -51,7 +43,7 @@ def small_model(name: str, **overrides):
     return vidsel.create_model(name, **{**SMALL[backbone], "num_samples": 64, **overrides})
 
 
-# --- grammar and count rules --------------------------------------------------------------------
+# --- grammar -----------------------------------------------------------------------------
 
 
 def test_grammar_parses_the_papers_notation():
@@ -83,69 +75,28 @@ def test_invalid_configs_raise():
         vidsel.create_model("mvit_b16", not_a_field=1)
 
 
-def test_ratio_to_count_rules():
-    assert [frames_kept(8, r) for r in (0.3, 0.5, 0.6, 0.8, 0.9, 1.0)] == [2, 4, 5, 6, 7, 8]
-    assert frames_kept(16, 0.6) == 10 and frames_kept(4, 0.01) == 1
-    assert anchor_side(14, 14, 0.9) == 13 and anchor_side(56, 56, 0.7) == 47
-    assert anchor_side(56, 56, 0.6) == 43 and anchor_side(14, 14, 0.3) == 8 and anchor_side(14, 14, 0.18) == 6
-
-
-def test_sigma_decays_linearly_to_zero():
-    assert sigma_at(0, 100, 0.1) == pytest.approx(0.1)
-    assert sigma_at(25, 100, 0.1) == pytest.approx(0.075)
-    assert sigma_at(100, 100, 0.1) == 0.0 and sigma_at(150, 100, 0.1) == 0.0
-    for bad in ((0, 0, 0.1), (-1, 10, 0.1), (0, 10, -0.1)):
-        with pytest.raises(ValueError):
-            sigma_at(*bad)
-
-
-# --- scorer and selectors -----------------------------------------------------------------------
-
-
-def test_scorer_is_min_max_normalised_and_uses_the_global_feature():
-    scorer = ScorerNetwork(12)
-    tokens = torch.randn(3, 7, 12)
-    scores = scorer(tokens)
-    assert scores.shape == (3, 7)
-    assert torch.allclose(scores.amin(1), torch.zeros(3)) and torch.allclose(scores.amax(1), torch.ones(3), atol=1e-4)
-    # eq. 2-3: a token's score depends on the others through the mean (global) feature
-    changed = tokens.clone()
-    changed[:, 1:] = torch.randn(3, 6, 12)
-    assert not torch.allclose(scorer.raw_scores(tokens)[:, 0], scorer.raw_scores(changed)[:, 0])
-
-
-def test_temporal_selector_eval_keeps_the_top_frames_in_order():
-    selector = TemporalSelector(8, 0.5).eval()
-    grid = torch.randn(2, 6, 3, 3, 8)
-    out = selector(grid)
-    assert out.shape == (2, 3, 3, 3, 8)
-    best = selector.frame_scores(grid).topk(3, dim=1).indices.sort(dim=1).values
-    expected = torch.stack([grid[b, best[b]] for b in range(2)])
-    torch.testing.assert_close(out, expected, rtol=0, atol=0)
-
-
-def test_anchor_selector_eval_keeps_one_square_window_per_frame():
-    selector = AnchorSpatialSelector(8, 0.5).eval()
-    grid = torch.randn(2, 3, 9, 9, 8)
-    out = selector(grid)
-    side, stride = anchor_side(9, 9, 0.5), selector.anchor_stride(9, 9)
-    assert (side, stride) == (6, 1) and out.shape == (2, 3, 6, 6, 8)
-    for b in range(2):
-        for t in range(3):
-            windows = [grid[b, t, r:r + side, c:c + side] for r in range(0, 4, stride) for c in range(0, 4, stride)]
-            assert any(torch.equal(out[b, t], w) for w in windows)
-
-
 # --- models -------------------------------------------------------------------------------------
 
 
 def _record_grids(model):
-    """Forward pre-hooks that record the (T, H, W) token grid entering every block."""
-    grids, handles = [], []
+    """Forward hooks recording the token grid entering every block and what every selector returns.
+
+    Returns (grids, selected, handles): grids[i] is (T, H, W) for MViT / Swin, (T, L) for the
+    TimeSformer (its blocks take the patches as (B, T, L, D), the class token apart); selected[j]
+    is the (T, H, W) grid selector j returned.
+    """
+    grids, selected = [], []
     backbone = model.backbone
     if isinstance(model, stts.STTSSwin3d):
         blocks = [b for layer in backbone.features if isinstance(layer, nn.Sequential) for b in layer]
         hook = lambda m, args: grids.append(tuple(args[0].shape[1:4]))  # noqa: E731
+    elif isinstance(model, stts.STTSTimeSformer):
+        blocks = list(backbone.blocks)
+
+        def hook(module, args):
+            cls, x = args
+            assert cls.shape[1] == 1 and x.dim() == 4 and x.shape[0] == cls.shape[0]
+            grids.append(tuple(x.shape[1:3]))
     else:
         blocks = list(backbone.blocks)
 
@@ -155,20 +106,30 @@ def _record_grids(model):
             grids.append(tuple(thw))
 
     handles = [b.register_forward_pre_hook(hook) for b in blocks]
-    return grids, handles
+    handles += [s.register_forward_hook(lambda m, args, out: selected.append(tuple(out.shape[1:4])))
+                for s in model.selectors]
+    return grids, selected, handles
 
 
 @pytest.mark.parametrize("backbone", sorted(SMALL))
 def test_forward_shapes_and_token_counts_follow_the_formulas(backbone):
     model = small_model(SMALL_NAMES[backbone]).eval()
     (clip,) = model.example_inputs(batch_size=2)
-    grids, handles = _record_grids(model)
+    grids, selected, handles = _record_grids(model)
     with torch.no_grad():
         logits = model(clip)
     for h in handles:
         h.remove()
     assert logits.shape == (2, 5) and torch.isfinite(logits).all()
-    assert grids == model.token_grid_plan()
+    plan = model.token_grid_plan()
+    if backbone == "timesformer_8x224":
+        assert grids == [(t, h * w) for t, h, w in plan]
+    else:
+        assert grids == plan
+    # the grid the last selection before a block returns is the plan's grid of that block
+    last = {spec.block: index for index, spec in enumerate(model.specs)}
+    assert len(selected) == len(model.specs)
+    assert {block: selected[index] for block, index in last.items()} == {block: plan[block] for block in last}
 
 
 def test_token_grid_plan_of_the_paper_configs():
@@ -233,42 +194,6 @@ def test_eval_is_hard_and_deterministic(backbone):
     assert hard.shape == soft.shape and not torch.allclose(hard, soft)
 
 
-def test_learning_check_selector_finds_the_informative_frame():
-    """Only one of T = 8 frames carries the label (a class prototype added to its tokens); the rest
-    is noise. A temporal selector keeping K = 1 frame and a linear head, trained end to end through
-    the perturbed top-k (sigma decayed linearly to 0), must then pick that frame >= 90% of the time
-    in eval (hard top-1); chance is 1/8."""
-    generator = torch.Generator().manual_seed(0)
-    frames, classes, dim = 8, 4, 16
-    prototypes = torch.randn(classes, dim, generator=generator)
-
-    def clips(n):
-        labels = torch.randint(0, classes, (n,), generator=generator)
-        where = torch.randint(0, frames, (n,), generator=generator)
-        grid = torch.randn(n, frames, 2, 2, dim, generator=generator)
-        grid[torch.arange(n), where] += 2 * prototypes[labels][:, None, None, :]
-        return grid, labels, where
-
-    selector = TemporalSelector(dim, 1 / frames, num_samples=100)
-    head = nn.Linear(dim, classes)
-    optimizer = torch.optim.AdamW([*selector.parameters(), *head.parameters()], lr=1e-2)
-    steps = 100
-    selector.train()
-    for step in range(steps):
-        selector.sigma = sigma_at(step, steps, 0.5)
-        grid, labels, _ = clips(64)
-        loss = nn.functional.cross_entropy(head(selector(grid).mean(dim=(1, 2, 3))), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    selector.eval()
-    grid, _, where = clips(512)
-    with torch.no_grad():
-        kept = selector(grid)[:, 0]
-    hits = (kept == grid[torch.arange(512), where]).flatten(1).all(dim=1).float().mean().item()
-    assert hits >= 0.9
-
-
 @pytest.mark.parametrize("impl", [b for b in cpu_backends() if b != "reference"])
 def test_every_op_backend_gives_the_reference_model_output(impl):
     # the selection ops are the only backend-dependent part: same weights, same clip, same output
@@ -285,5 +210,16 @@ def test_explicit_anchor_stride():
     model = small_model("mvit_b16-S0.6@2", anchor_stride=1)
     assert model.selectors[0].anchor_stride(4, 4) == 1
     assert model.selectors[0].side(4, 4) == 3
-    # default: max((H - a) // 2, 1) — at most three anchor positions per axis
-    assert AnchorSpatialSelector(8, 0.7).anchor_stride(56, 56) == 4  # a = 47: rows 0, 4, 8
+
+
+@pytest.mark.parametrize("name", ["ScorerNetwork", "TemporalSelector", "AnchorSpatialSelector", "min_max_normalize"])
+def test_old_selector_paths_warn_and_alias_the_nn_layers(name):
+    from vidsel.nn import stts_selectors
+
+    with pytest.warns(DeprecationWarning, match=f"vidsel.models.stts.{name} is deprecated"):
+        old = getattr(stts, name)
+    assert old is getattr(stts_selectors, name)
+    with pytest.warns(DeprecationWarning):
+        exec(f"from vidsel.models.stts import {name}", {})
+    with pytest.raises(AttributeError):
+        stts.NotAName  # noqa: B018

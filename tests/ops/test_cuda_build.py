@@ -16,7 +16,7 @@ import vidsel
 import vidsel.ops
 from vidsel import _backends
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NVCC = shutil.which("nvcc")
 pytestmark = pytest.mark.skipif(NVCC is None, reason="no nvcc on PATH: csrc/cuda cannot be built on this machine")
 

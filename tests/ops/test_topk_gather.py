@@ -5,7 +5,7 @@ import torch
 
 import vidsel.ops as ops
 from tests.helpers import DTYPES, assert_close, compiled_backends, cpu_backends, non_contiguous
-from vidsel.reference import selection as reference
+from vidsel.reference import topk_gather as reference
 
 BACKENDS = cpu_backends()
 FUSED = compiled_backends()
