@@ -111,6 +111,9 @@ class MirasolState:
     h: list = field(default_factory=list)
 
 
+MASK_BIAS = -1e4  # attention score bias of a masked feature: exp(-1e4) underflows to 0 in fp32/bf16
+
+
 def sincos(positions: Tensor, dim: int) -> Tensor:
     """Fixed sinusoidal embedding: positions (N,) float -> (N, dim), dim even."""
     freqs = torch.exp(torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) * (-math.log(1e4) / dim))
@@ -156,9 +159,12 @@ class TubeEmbed(nn.Module):
         self.convs = nn.ModuleList(nn.Conv3d(3, dim, t[:3], stride=t[3:]) for t in self.tubes)
         self.kind = nn.Parameter(torch.zeros(len(self.tubes), dim))
         nn.init.trunc_normal_(self.kind, std=0.02)
+        for conv in self.convs:  # ViT patch-embedding init: a constant bias is a feature every chunk shares
+            nn.init.zeros_(conv.bias)
 
     def forward(self, chunk: Tensor) -> Tensor:
         frames = chunk.shape[2]
+        chunk = (chunk - 0.45) / 0.225  # frames in [0, 1] -> roughly zero mean, unit variance
         tokens = []
         for index, (conv, (kt, kh, kw, st, sh, sw)) in enumerate(zip(self.convs, self.tubes)):
             if kt > frames:
@@ -328,6 +334,8 @@ class Mirasol(nn.Module):
             self.recon_head = nn.Linear(c.dim, 3 * c.recon_size**2)
         self.text = TextDecoder(c)
         self.apply(_init_weights)
+        if self.audio_embed is not None:  # fan-in scaled like the video Conv3d: both modalities enter at one scale
+            self.audio_embed.proj.reset_parameters()
         nn.init.trunc_normal_(self.mask_token, std=0.02)
 
     # ------------------------------------------------------------------ inputs and features (eq. 1, §3.1)
@@ -394,21 +402,24 @@ class Mirasol(nn.Module):
 
     # ------------------------------------------------------------------ latent causal model (§3.3)
 
-    def mask_outputs(self, x: Tensor) -> Tensor:
-        """§3.6: while training, each Combiner output is replaced by a learned mask token with
-        probability output_mask_ratio (a dropout of whole features); identity in eval."""
+    def mask_outputs(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """§3.6 random masking of the Combiner outputs while training, a dropout of whole features:
+        each is hidden with probability output_mask_ratio. A hidden feature is replaced by a learned mask
+        token and removed from every attention of the latent model (key bias -1e4), so the visible ones
+        are what ĥ is computed from. Returns (x_in (B, T, m, d), key_bias (B, T*m) or None in eval)."""
         ratio = self.config.output_mask_ratio
         if not self.training or ratio == 0.0:
-            return x
-        keep = torch.rand(x.shape[:-1], device=x.device) >= ratio
-        return torch.where(keep[..., None], x, self.mask_token.to(x.dtype))
+            return x, None
+        hidden = torch.rand(x.shape[:-1], device=x.device) < ratio
+        x_in = torch.where(hidden[..., None], self.mask_token.to(x.dtype), x)
+        return x_in, (hidden.flatten(1).to(x.dtype) * MASK_BIAS)
 
-    def latent_model(self, x: Tensor) -> Tensor:
+    def latent_model(self, x: Tensor, key_bias: Tensor | None = None) -> Tensor:
         """x (B, T, m, d) -> ĥ (B, T, m, d), block-causal over the T chunks of m features (eq. 8)."""
         batch, chunks, m, dim = x.shape
         y = (x + self._chunk_positions(0, chunks, x)).reshape(batch, chunks * m, dim)
         for block in self.latent:
-            y = block(y, [m] * chunks)
+            y = block(y, [m] * chunks, key_bias)
         return self.latent_norm(y).reshape(batch, chunks, m, dim)
 
     def encode(self, video: Tensor, audio: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -450,7 +461,7 @@ class Mirasol(nn.Module):
         c = self.config
         video_chunks, spec = self.partition(video, audio)
         x = self.combiner(self.features(video_chunks, spec))
-        h = self.latent_model(self.mask_outputs(x))
+        h = self.latent_model(*self.mask_outputs(x))
         zero = x.new_zeros(())
         latent_loss = cosine_distance(h[:, :-1], x[:, 1:]) if x.shape[1] > 1 else zero  # ĥ_t -> x_{t+1}
         loss = c.latent_weight * latent_loss

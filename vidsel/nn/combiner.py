@@ -39,8 +39,9 @@ class Mlp(nn.Module):
 class ChunkCausalBlock(nn.Module):
     """Pre-norm Transformer block whose self-attention is block-causal over time chunks (eq. 8).
 
-    forward(x (B, L, d), chunk_lens=None) -> (B, L, d): chunks of `chunk_size` tokens unless
-    chunk_lens is given; one chunk of length L is full attention, chunk_size=1 causal attention.
+    forward(x (B, L, d), chunk_lens=None, key_bias=None) -> (B, L, d): chunks of `chunk_size` tokens unless
+    chunk_lens is given; one chunk of length L is full attention, chunk_size=1 causal attention;
+    key_bias (B, L) is added to every attention score column (e.g. a large negative value hides a token).
     step(x_chunk (B, n, d), cache) -> ((B, n, d), cache): one more chunk against the cached ones.
     """
 
@@ -51,8 +52,8 @@ class ChunkCausalBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: Tensor, chunk_lens: Sequence[int] | None = None) -> Tensor:
-        x = x + self.attn(self.norm1(x), chunk_lens)
+    def forward(self, x: Tensor, chunk_lens: Sequence[int] | None = None, key_bias: Tensor | None = None) -> Tensor:
+        x = x + self.attn(self.norm1(x), chunk_lens, key_bias)
         return x + self.mlp(self.norm2(x))
 
     def step(self, x_chunk: Tensor, cache: ChunkCache | None = None) -> tuple[Tensor, ChunkCache]:
