@@ -148,7 +148,8 @@ def _check_config(c: MirasolConfig) -> None:
 class TubeEmbed(nn.Module):
     """§3.1 video tokens of one chunk: 2D patches + sparse 3D tubes, all anchored at the chunk start.
 
-    forward(chunk (B', 3, K, H, W)) -> (B', f, d). Each tokenizer is a strided Conv3d; every token gets
+    forward(chunk (B', 3, K, H, W), frames in [0, 1]) -> (B', f, d). Pixels are standardised with the
+    Kinetics mean / std (0.45, 0.225); each tokenizer is a strided Conv3d (zero bias); every token gets
     the fixed 3D sinusoidal embedding of its kernel centre (frames, pixels) plus a learned embedding of
     its tokenizer, so K (frames per chunk) can change without new parameters.
     """

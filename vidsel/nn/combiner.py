@@ -77,11 +77,19 @@ class TokenLearner(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.score = Mlp(dim, hidden or dim, num_tokens)
 
+    def scores(self, x: Tensor) -> Tensor:
+        """Selection logits (..., N, S) of tokens x (..., N, d); each token's row depends on it alone, so
+        logits of tokens known in advance can be computed in one batch."""
+        return self.score(self.norm(x))
+
+    def pool(self, x: Tensor, scores: Tensor) -> Tensor:
+        """x (B, N, d) with their logits (B, N, S) -> (B, S, d): softmax over the N tokens, weighted sums."""
+        return scores.softmax(dim=1).transpose(1, 2) @ x
+
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 3:
             raise ValueError(f"x must have shape (B, N, d), got {tuple(x.shape)}")
-        weights = self.score(self.norm(x)).softmax(dim=1)  # (B, N, S)
-        return weights.transpose(1, 2) @ x
+        return self.pool(x, self.scores(x))
 
 
 def _check_features(u: Tensor, dim: int, ndim: int, layout: str) -> None:
@@ -183,22 +191,33 @@ class TTMCombiner(nn.Module):
         """M_1: (B, s, d), the learned initial memory."""
         return self.initial_memory.expand(batch_size, -1, -1)
 
-    def step(self, u_t: Tensor, memory: Tensor) -> tuple[Tensor, Tensor]:
-        """One application of eq. 3-6: u_t (B, n, d), M_t (B, s, d) -> x_t (B, m, d), M_{t+1} (B, s, d)."""
+    def step(self, u_t: Tensor, memory: Tensor, input_scores: tuple[Tensor, Tensor] | None = None
+             ) -> tuple[Tensor, Tensor]:
+        """One application of eq. 3-6: u_t (B, n, d), M_t (B, s, d) -> x_t (B, m, d), M_{t+1} (B, s, d).
+        input_scores: u_t's Read and Write logits when precomputed (`forward` does so for all chunks)."""
         _check_features(u_t, self.dim, 3, "(B, n, d)")
         mem_t, out_t, in_t = self.type_embed.unbind(0)
         memory_in, inputs = memory + mem_t, u_t + in_t
-        z = self.read(torch.cat([memory_in, inputs], dim=1))
+        read_u, write_u = input_scores if input_scores is not None else self._input_scores(inputs)
+        z = self.read.pool(torch.cat([memory_in, inputs], dim=1),
+                           torch.cat([self.read.scores(memory_in), read_u], dim=1))
         for block in self.process:
             z = block(z, [z.shape[1]])
         o = self.process_norm(z)
-        new_memory = self.write(torch.cat([memory_in, o + out_t, inputs], dim=1))
+        written = torch.cat([memory_in, o + out_t], dim=1)
+        new_memory = self.write.pool(torch.cat([written, inputs], dim=1),
+                                     torch.cat([self.write.scores(written), write_u], dim=1))
         return self.output(o), new_memory
+
+    def _input_scores(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
+        return self.read.scores(inputs), self.write.scores(inputs)
 
     def forward(self, u: Tensor) -> Tensor:
         _check_features(u, self.dim, 4, "(B, T, n, d)")
+        inputs = u + self.type_embed[2]
+        read_u, write_u = self._input_scores(inputs)  # every chunk's input logits in one batch
         memory, outputs = self.init_state(u.shape[0]), []
-        for u_t in u.unbind(1):
-            x_t, memory = self.step(u_t, memory)
+        for t, u_t in enumerate(u.unbind(1)):
+            x_t, memory = self.step(u_t, memory, (read_u[:, t], write_u[:, t]))
             outputs.append(x_t)
         return torch.stack(outputs, dim=1)
