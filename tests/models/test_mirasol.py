@@ -158,6 +158,19 @@ def test_mirasol3b_on_the_meta_device(name):
     assert report.gmacs > 1000 and report.by_module["combiner"] > 0 and report.params == total
 
 
+@pytest.mark.parametrize("name", ["mirasol_tiny", "mirasol_tiny_ttm", "mirasol_small", "mirasol_small_ttm"])
+def test_every_config_counts_on_the_meta_device(name):
+    """The registry protocol: example_inputs on the model's device, FLOPs counted without memory."""
+    report = flops.count_model(name)
+    assert report.gmacs > 0 and report.by_module["vit"] > report.by_module["latent"] > 0
+
+
+def test_small_config_and_last_selection_run():
+    model = vidsel.create_model("mirasol_small", num_frames=16, num_chunks=2, combiner_selection="last")
+    out = model(*model.example_inputs(1))
+    assert out.x.shape == (1, 2, 16, 256) and out.logits.shape == (1, 16, 259) and torch.isfinite(out.loss)
+
+
 def test_torch_compile_encode_matches_eager():
     model = build("mirasol_tiny", num_frames=16, num_chunks=2).eval()
     video, audio, _ = model.example_inputs(1)
