@@ -87,8 +87,8 @@ def cost_table(profile: str) -> Table:
         "ViT (same cost for both Combiners) is most of the forward, which dilutes the Combiner's share. "
         "With 8-frame chunks the TTM Combiner does fewer FLOPs but runs T sequential steps of small ops "
         "(about 30 per step, each with a fixed dispatch cost), which at this width costs more CPU time than "
-        "the Transformer Combiner's one pass over all T·n features; with 32-frame chunks (n = 176 features, 44 at 8 frames) the "
-        "attention it avoids dominates."
+        "the Transformer Combiner's one pass over all T·n features; with 32-frame chunks (n = 176 features "
+        "per chunk, 44 at 8 frames) the attention it avoids dominates."
     )
     return table
 

@@ -11,7 +11,6 @@ import vidsel
 from tests.helpers import assert_close
 from vidsel import flops
 from vidsel.models.mirasol import Mirasol, MirasolOutput
-from vidsel.nn import ByteTokenizer
 
 SMALL = dict(num_frames=32, num_chunks=4, img_size=16)  # 4 chunks x 8 frames of 16x16: fast on CPU
 SPF = 640  # audio samples per frame: 16 kHz / 25 fps

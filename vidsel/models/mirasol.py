@@ -329,8 +329,8 @@ class Mirasol(nn.Module):
                                     for _ in range(c.latent_depth))
         self.latent_norm = nn.LayerNorm(c.dim)
         if c.reconstruction:
-            self.recon_blocks = nn.ModuleList(ChunkCausalBlock(c.dim, c.latent_heads, c.mlp_ratio, c.num_outputs, c.impl)
-                                              for _ in range(c.recon_depth))
+            self.recon_blocks = nn.ModuleList(ChunkCausalBlock(c.dim, c.latent_heads, c.mlp_ratio, c.num_outputs,
+                                                               c.impl) for _ in range(c.recon_depth))
             self.recon_norm = nn.LayerNorm(c.dim)
             self.recon_head = nn.Linear(c.dim, 3 * c.recon_size**2)
         self.text = TextDecoder(c)

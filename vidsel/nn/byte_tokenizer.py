@@ -28,7 +28,8 @@ class ByteTokenizer:
         if length is not None and length < 1:
             raise ValueError(f"length must be >= 1, got {length}")
         width = length if length is not None else max((len(r) for r in rows), default=0)
-        return torch.tensor([(r + [self.PAD] * width)[:width] for r in rows], dtype=torch.int64).reshape(len(rows), width)
+        padded = [(r + [self.PAD] * width)[:width] for r in rows]
+        return torch.tensor(padded, dtype=torch.int64).reshape(len(rows), width)
 
     def decode(self, ids: Tensor) -> list[str]:
         if not isinstance(ids, Tensor) or ids.dim() not in (1, 2) or ids.is_floating_point():
