@@ -214,7 +214,8 @@ def test_bad_inputs():
 COLOURS = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.2, 0.9], [0.9, 0.9, 0.1]])
 TONES_HZ = (300.0, 700.0, 1500.0, 3100.0)
 CHUNKS, FRAMES, SIZE = 4, 8, 16
-LATENT_MARGIN = 0.03  # held-out latent loss: shuffled-audio model minus real model (measured ~0.07)
+# Held-out latent loss, shuffled-audio model minus real-audio model: required (measured 0.073 / 0.018).
+LATENT_MARGIN = {"mirasol_tiny": 0.03, "mirasol_tiny_ttm": 0.008}
 
 
 def tone_colour_clips(count: int, generator: torch.Generator):
@@ -231,12 +232,12 @@ def tone_colour_clips(count: int, generator: torch.Generator):
     return video.reshape(count, CHUNKS * FRAMES, 3, SIZE, SIZE), audio.reshape(count, -1)
 
 
-def train_latent_model(shuffle_audio: bool, steps: int = 200, batch: int = 16) -> float:
+def train_latent_model(name: str, shuffle_audio: bool, steps: int = 200, batch: int = 16) -> float:
     """Trains the latent causal model (the audio-video encoder, ViT + Combiner, stays at its shared seed-0
     initialisation, so both runs predict the same kind of targets and the latent loss cannot be lowered
     by collapsing them); returns the held-out latent loss (eval, 64 clips)."""
     torch.manual_seed(0)
-    model = vidsel.create_model("mirasol_tiny", num_frames=CHUNKS * FRAMES, num_chunks=CHUNKS, img_size=SIZE)
+    model = vidsel.create_model(name, num_frames=CHUNKS * FRAMES, num_chunks=CHUNKS, img_size=SIZE)
     for part in (model.video_embed, model.audio_embed, model.vit, model.vit_norm, model.combiner):
         part.requires_grad_(False)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3, weight_decay=0.0)
@@ -257,14 +258,15 @@ def train_latent_model(shuffle_audio: bool, steps: int = 200, batch: int = 16) -
         return model.eval()(video, audio).latent_loss.item()
 
 
-def test_learning_check_audio_predicts_next_chunk():
+@pytest.mark.parametrize("name", KINDS)
+def test_learning_check_audio_predicts_next_chunk(name):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     start = time.process_time()
     try:
-        real, shuffled = train_latent_model(False), train_latent_model(True)
+        real, shuffled = train_latent_model(name, False), train_latent_model(name, True)
     finally:
         torch.set_num_threads(threads)
     cpu_seconds = time.process_time() - start
     print(f"held-out latent loss: real audio {real:.4f}, shuffled audio {shuffled:.4f}, {cpu_seconds:.0f} s CPU")
-    assert shuffled - real >= LATENT_MARGIN, (real, shuffled)
+    assert shuffled - real >= LATENT_MARGIN[name], (real, shuffled)
