@@ -38,9 +38,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vidsel.models._registry import register_model
-from vidsel.nn.chunk_attention import ChunkCache, ChunkCausalSelfAttention
-from vidsel.nn.combiner import ChunkCausalBlock, Mlp, TransformerCombiner, TTMCombiner
-from vidsel.nn.compressed_patch_embed import log_mel_features
+from vidsel.nn import ChunkCache, ChunkCausalBlock, ChunkCausalSelfAttention, TransformerCombiner, TTMCombiner
+from vidsel.nn import log_mel_features
+from vidsel.nn.combiner import Mlp
 
 
 @dataclass
