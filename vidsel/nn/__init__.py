@@ -1,5 +1,7 @@
 """Drop-in nn.Modules built on vidsel.ops."""
 
+from vidsel.nn.byte_tokenizer import ByteTokenizer
+from vidsel.nn.combiner import ChunkCausalBlock, TokenLearner, TransformerCombiner, TTMCombiner
 from vidsel.nn.chunk_attention import ChunkCache, ChunkCausalSelfAttention
 from vidsel.nn.compressed_patch_embed import CompressedPatchEmbed, log_mel_features
 from vidsel.nn.mist_selectors import RegionSelector, SegmentSelector
@@ -8,13 +10,18 @@ from vidsel.nn.token_merging import TokenMerging
 
 __all__ = [
     "AnchorSpatialSelector",
+    "ByteTokenizer",
     "ChunkCache",
+    "ChunkCausalBlock",
     "ChunkCausalSelfAttention",
     "CompressedPatchEmbed",
     "RegionSelector",
     "ScorerNetwork",
     "SegmentSelector",
+    "TTMCombiner",
     "TemporalSelector",
+    "TokenLearner",
     "TokenMerging",
+    "TransformerCombiner",
     "log_mel_features",
 ]
