@@ -124,7 +124,9 @@ def stts(model: nn.Module, selections, *, sigma: float = 0.1, num_samples: int =
         else AnchorSpatialSelector(blocks[s.block].norm1.normalized_shape[0], s.ratio, stride=anchor_stride, **kwargs)
         for s in specs
     )
-    backbone.add_module("stts_selectors", selectors.train(backbone.training))
+    reference = next(backbone.parameters())
+    selectors = selectors.to(device=reference.device, dtype=reference.dtype).train(backbone.training)
+    backbone.add_module("stts_selectors", selectors)
     state = STTSState()
     handles = [blocks[0].register_forward_pre_hook(_reset_hook(state))]
     changed = sorted({s.block for s in specs})

@@ -168,6 +168,7 @@ def _timm_target(model):
     backbone = find_backbone(model, [VisionTransformer])
     if backbone is None:
         return None
+    refuse_repatch(backbone)
     for index, block in enumerate(backbone.blocks):
         if type(block) is not Block or type(block.attn) is not Attention:
             raise TypeError(
@@ -187,6 +188,7 @@ def _hf_target(model):
     backbone = find_backbone(model, [ViTModel, VideoMAEModel])
     if backbone is None:
         return None
+    refuse_repatch(backbone)
     patches = backbone.embeddings.patch_embeddings.num_patches
     if isinstance(backbone, ViTModel):
         return backbone, backbone.layers, _HFViTLayer, 1, patches + 1
@@ -218,7 +220,6 @@ def tome(model: nn.Module, r, *, prop_attn: bool = True, trace_source: bool = Fa
     if target is None:
         raise unsupported("tome", model, SUPPORTED)
     backbone, blocks, wrapper, protected, tokens = target
-    refuse_repatch(backbone)
     r_per_block = check_r("r", r, len(blocks))
     state = ToMeState(protected=protected)
 
