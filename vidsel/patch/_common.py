@@ -107,23 +107,26 @@ def size_bias(size: Tensor | None, dtype: torch.dtype) -> Tensor | None:
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, size: Tensor | None, dropout_p: float = 0.0,
-           need_importance: bool = False) -> tuple[Tensor, Tensor | None]:
+           need_importance: bool = False, explicit: bool = False) -> tuple[Tensor, Tensor | None]:
     """Multi-head attention with the proportional-attention key bias.
 
     q, k, v (B, H, N, C); size (B, N) or None. Returns out (B, N, H·C) and, with need_importance,
-    TESTA's eq. 1 importance (B, N): attention each token receives from the others, mean over heads
-    (needs the explicit softmax; otherwise SDPA runs with the bias as its mask, no N² softmax here).
+    TESTA's eq. 1 importance (B, N): attention each token receives from the others, mean over heads.
+    By default SDPA runs with the bias as its mask (no N² softmax here); ``explicit`` (or the
+    importance, which needs the probabilities) computes softmax(q·kᵀ/√C + bias)·v step by step, as
+    a library whose own attention is written that way does (bitwise the same when nothing merges).
     """
     batch, heads, n, channels = q.shape
     bias = size_bias(size, q.dtype)
     importance = None
-    if need_importance:
+    if explicit or need_importance:
         logits = (q @ k.transpose(-2, -1)) * channels**-0.5
         if bias is not None:
             logits = logits + bias
         probs = logits.softmax(dim=-1)
-        importance = (probs.sum(dim=-2) - probs.diagonal(dim1=-2, dim2=-1)).mean(dim=1)
-        out = F.dropout(probs, dropout_p) @ v if dropout_p else probs @ v
+        if need_importance:
+            importance = (probs.sum(dim=-2) - probs.diagonal(dim1=-2, dim2=-1)).mean(dim=1)
+        out = (F.dropout(probs, dropout_p) if dropout_p else probs) @ v
     else:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
     return out.transpose(1, 2).reshape(batch, n, heads * channels), importance

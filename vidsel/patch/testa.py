@@ -77,13 +77,17 @@ class TestaState:
 def _attention(module: nn.Module, x: Tensor, size: Tensor | None, need_importance: bool, need_keys: bool):
     """A `TimeSformerAttention` (fused qkv + output dense) with the size bias; also keys / importance.
 
+    The softmax is explicit, as in transformers' own TimeSformer attention (so an unmerged block
+    computes exactly what the unpatched one does, and speed comparisons isolate the merging).
+
     x (B', N, D) -> out (B', N, D), keys averaged over heads (B', N, C) or None, importance (B', N) or None.
     """
     self_attn = module.attention
     batch, n, dim = x.shape
     qkv = self_attn.qkv(x).reshape(batch, n, 3, self_attn.num_heads, dim // self_attn.num_heads)
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-    out, importance = attend(q, k, v, size, dropout_p(self_attn, self_attn.attn_drop.p), need_importance)
+    out, importance = attend(q, k, v, size, dropout_p(self_attn, self_attn.attn_drop.p), need_importance,
+                             explicit=True)
     keys = qkv[:, :, 1].mean(dim=2) if need_keys else None
     return module.output(out), keys, importance
 
@@ -240,6 +244,9 @@ def testa(model: nn.Module, r_frames, r_patches, *, partition: str = "alternate"
     undo = replace_items(layers, make)
     schedule = _schedule(backbone.config, frames_per_block, patches_per_block)
     return PatchHandle(backbone, "testa", state, undo, patched=len(undo), schedule=schedule)
+
+
+testa.__test__ = False  # not a pytest test despite its name
 
 
 def _schedule(config, r_frames: list[int], r_patches: list[int]) -> list[tuple[int, int]]:
