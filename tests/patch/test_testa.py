@@ -150,3 +150,16 @@ def test_errors():
     with pytest.raises(ValueError, match="attentions"):
         model(sm.video_batch(), output_attentions=True)
     handle.remove()
+
+
+def test_trace_source_partitions_the_input():
+    model, clip = sm.hf_timesformer(frames=6), sm.video_batch(frames=6)
+    handle = testa(model, 2, 5, trace_source=True)
+    run(model, clip)
+    state = handle.state
+    source, frame_source = state.source, state.frame_source
+    assert source.shape == (2, state.frames, state.patches, 6 * 16)
+    assert torch.equal(source.sum(dim=(1, 2)), torch.ones(2, 6 * 16, dtype=torch.long))  # each patch once
+    assert_close(source.sum(dim=-1).to(state.patch_size.dtype), state.token_size())  # sizes are size-weighted means
+    assert torch.equal(frame_source.sum(dim=-1).to(state.frame_size.dtype), state.frame_size)
+    assert frame_source[:, 0, 0].all()  # frame 0 is protected: it stays the first output frame

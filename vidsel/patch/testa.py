@@ -50,6 +50,9 @@ class TestaState:
     frame_size        (B, T') original frames each output frame stands for
     patch_size        (B, T', L') original patches each output patch token stands for
     tokens_per_block  (T_i, L_i) after every block (eager mode only)
+    source            (B, T', L', T·L) bool with trace_source=True: which input patches (frame-major
+                      index t·L + l) every output patch token covers
+    frame_source      (B, T', T) bool with trace_source=True: which input frames every output frame covers
     """
 
     __test__ = False
@@ -59,6 +62,9 @@ class TestaState:
     frame_size: Tensor | None = None
     patch_size: Tensor | None = None
     tokens_per_block: list[tuple[int, int]] = field(default_factory=list)
+    trace_source: bool = False
+    source: Tensor | None = None
+    frame_source: Tensor | None = None
 
     def start(self, hidden: Tensor, frames: int) -> None:
         batch, n, _ = hidden.shape
@@ -68,6 +74,11 @@ class TestaState:
         self.frame_size = torch.ones(batch, frames, dtype=hidden.dtype, device=hidden.device)
         self.patch_size = torch.ones(batch, frames, self.patches, dtype=hidden.dtype, device=hidden.device)
         self.tokens_per_block = []
+        if self.trace_source:
+            n = frames * self.patches
+            eye = torch.eye(n, dtype=torch.bool, device=hidden.device).reshape(frames, self.patches, n)
+            self.source = eye.expand(batch, frames, self.patches, n)
+            self.frame_source = torch.eye(frames, dtype=torch.bool, device=hidden.device).expand(batch, frames, frames)
 
     def token_size(self) -> Tensor:
         """(B, T, L) original tokens each current token stands for."""
@@ -183,6 +194,11 @@ class _TestaLayer(nn.Module):
         merged, frame_size = ops.merge(x, matching, state.frame_size, impl=self.impl)
         patch_size, _ = ops.merge(state.patch_size.unsqueeze(-1), matching, state.frame_size, impl=self.impl)
         state.frame_size, state.patch_size = frame_size, patch_size.squeeze(-1)
+        if state.trace_source:
+            batch, frames, patches, n = state.source.shape
+            rows = ops.merge_source(matching, state.source.reshape(batch, frames, patches * n), impl=self.impl)
+            state.source = rows.reshape(batch, -1, patches, n)
+            state.frame_source = ops.merge_source(matching, state.frame_source, impl=self.impl)
         return merged
 
     def _merge_patches(self, x, patch_keys, patch_importance):
@@ -196,6 +212,10 @@ class _TestaLayer(nn.Module):
         )
         kept = merged.shape[1]
         state.patch_size = patch_size.reshape(batch, frames, kept)
+        if state.trace_source:
+            n = state.source.shape[-1]
+            rows = ops.merge_source(matching, state.source.reshape(batch * frames, patches, n), impl=self.impl)
+            state.source = rows.reshape(batch, frames, kept, n)
         return merged.reshape(batch, frames, kept, dim)
 
     def extra_repr(self) -> str:
@@ -203,7 +223,7 @@ class _TestaLayer(nn.Module):
 
 
 def testa(model: nn.Module, r_frames, r_patches, *, partition: str = "alternate", prop_attn: bool = False,
-          impl: str = "auto") -> PatchHandle:
+          trace_source: bool = False, impl: str = "auto") -> PatchHandle:
     """Patches TESTA's temporal + spatial aggregation into a Hugging Face TimeSformer, in place.
 
     Args:
@@ -212,6 +232,8 @@ def testa(model: nn.Module, r_frames, r_patches, *, partition: str = "alternate"
         r_patches: R_S, patches merged per frame per block (int, or one per block).
         partition: "alternate" (geometry-based) or "importance" (TESTA eq. 1).
         prop_attn: proportional attention (+ log size on the logits); off in TESTA.
+        trace_source: also track which input patches / frames every output token covers
+            (``handle.state.source`` / ``.frame_source``, what `vidsel.viz.merges` draws).
         impl: backend of the vidsel ops.
 
     Returns:
@@ -235,7 +257,7 @@ def testa(model: nn.Module, r_frames, r_patches, *, partition: str = "alternate"
     layers = backbone.encoder.layer
     frames_per_block = check_r("r_frames", r_frames, len(layers))
     patches_per_block = check_r("r_patches", r_patches, len(layers))
-    state = TestaState()
+    state = TestaState(trace_source=trace_source)
 
     def make(index, layer):
         return _TestaLayer(layer, index, frames_per_block[index], patches_per_block[index], partition, prop_attn,
