@@ -19,6 +19,7 @@ import sys
 import time
 
 import torch
+from tqdm import tqdm
 
 import benchmarks
 from benchmarks.harness import Table
@@ -92,7 +93,7 @@ def main(argv=None) -> int:
     header = machine_header()
     print("machine:", ", ".join(f"{k}={v}" for k, v in header.items()), flush=True)
     tables: list[Table] = []
-    for name in discover(args.only):
+    for name in tqdm(discover(args.only), desc="benchmarks", unit="module", disable=None):
         start = time.perf_counter()
         module = importlib.import_module(f"benchmarks.{name}")
         produced = module.run(profile)
