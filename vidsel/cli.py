@@ -48,10 +48,12 @@ def flops_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     from vidsel import flops
 
-    overrides = {key: value for key, value in (("num_frames", args.frames), ("img_size", args.img_size)) if value}
-    for key, value in overrides.items():
-        if value <= 0:
-            raise ValueError(f"--{key.replace('num_', '').replace('_', '-')} must be a positive int, got {value}")
+    overrides = {}
+    for flag, key, value in (("--frames", "num_frames", args.frames), ("--img-size", "img_size", args.img_size)):
+        if value is not None:
+            if value <= 0:
+                raise ValueError(f"{flag} must be a positive int, got {value}")
+            overrides[key] = value
     report = flops.count_model(args.model, **overrides)
     print(f"{args.model} {overrides or ''}".strip())
     print(report.table(depth=args.table_depth))
