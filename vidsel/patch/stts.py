@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from vidsel.models.stts import AnchorSpatialSelector, TemporalSelector, parse_selections
+from vidsel.models.stts import parse_selections
+from vidsel.nn import AnchorSpatialSelector, TemporalSelector
 from vidsel.patch._common import PatchHandle, find_backbone, refuse_repatch, unsupported
 
 SUPPORTED = ("torchvision MViT (mvit_v1_b)", "torchvision SwinTransformer3d (swin3d_b)")

@@ -38,7 +38,7 @@ class SelectionTrace:
 
 def _selectors(target):
     """(model to run, its selectors in order, input size)."""
-    from vidsel.models.stts import AnchorSpatialSelector, TemporalSelector
+    from vidsel.nn import AnchorSpatialSelector, TemporalSelector
     from vidsel.patch import PatchHandle
 
     if isinstance(target, PatchHandle):
@@ -57,7 +57,7 @@ def _selectors(target):
 
 def _choose(selector, grid: Tensor, frame_map: list[list[int]], windows: list[Window]):
     """Applies one selector's choice (clip 0) to the frame map and the windows."""
-    from vidsel.models.stts import TemporalSelector
+    from vidsel.nn import TemporalSelector
 
     frames, height, width = grid.shape[1:4]
     if isinstance(selector, TemporalSelector):
