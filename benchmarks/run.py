@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 import benchmarks
 from benchmarks.harness import Table
+from benchmarks.plots import make_plots
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(ROOT, "benchmarks", "results")
@@ -108,6 +109,7 @@ def main(argv=None) -> int:
             kept = [Table(**t) for t in old.get("tables", []) if t["name"] not in {t.name for t in tables}]
             tables = kept + tables
     write_records(header, tables)
+    print("plots:", ", ".join(make_plots(tables, RESULTS_DIR)), flush=True)
     if not args.no_readme:
         update_readme(tables)
     return 0
