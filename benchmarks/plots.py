@@ -1,8 +1,8 @@
 """Plots of `make bench` (matplotlib, PNG, written to benchmarks/results/ and shown in the README).
 
-* ``gflops_vs_frames.png``: GFLOPs per view against the number of frames, each method against the
-  model it reduces (TESTA vs no aggregation, ToMe vs the joint ViT; `CURVES`), counted by
-  `vidsel.flops` on the meta device.
+* ``gflops_vs_frames.png``: GFLOPs per view against the number of frames, each method against what
+  it is compared with (`PANELS`: TESTA vs no aggregation and ToMe vs the joint ViT; MIST vs
+  Trans.-Patch; Mirasol3B's Transformer vs TTM Combiner), counted by `vidsel.flops` on the meta device.
 * ``speedups.png``: every benchmark table's speed-up column as one bar per contender (log scale),
   read from the tables of the run.
 * ``viz_testa.png``: `vidsel viz` of TESTA (random weights) on a generated video: a red square
@@ -21,35 +21,57 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from benchmarks.harness import Table  # noqa: E402
 
-# (label, registered model, line style): reduced models solid, what they reduce dashed, same colour.
-CURVES = (
-    ("TimeSformer (TESTA without aggregation)", "testa_f16_noagg", "--", "tab:blue"),
-    ("TESTA R_T=1, R_S=2", "testa_f16", "-", "tab:blue"),
-    ("TESTA R_T=1, R_S=12", "testa_f32", "-", "tab:cyan"),
-    ("joint space-time ViT (ToMe without merging)", "joint_f16", "--", "tab:green"),
-    ("ToMe r=197", "tome_joint_f16", "-", "tab:green"),
-)
-FRAMES = (8, 16, 32, 64, 96)
+# panel title -> (frame counts, curves); a curve = (label, registered model, line style, colour,
+# frames -> config overrides). Reduced models solid, what they are compared with dashed.
+PANELS = {
+    "TESTA / ToMe, ViT-B/16 at 224²": ((8, 16, 32, 64, 96), (
+        ("TimeSformer (TESTA without aggregation)", "testa_f16_noagg", "--", "tab:blue", lambda t: {"num_frames": t}),
+        ("TESTA R_T=1, R_S=2", "testa_f16", "-", "tab:blue", lambda t: {"num_frames": t}),
+        ("TESTA R_T=1, R_S=12", "testa_f32", "-", "tab:cyan", lambda t: {"num_frames": t}),
+        ("joint ViT (ToMe without merging)", "joint_f16", "--", "tab:green", lambda t: {"num_frames": t}),
+        ("ToMe r=197", "tome_joint_f16", "-", "tab:green", lambda t: {"num_frames": t}),
+    )),
+    "MIST vs Trans.-Patch (segments of 4 frames)": ((16, 32, 64, 128), (
+        ("MIST-CLIP", "mist_clip", "-", "tab:orange", lambda t: {"num_segments": t // 4}),
+        ("Trans.-Patch", "mist_trans_patch", "--", "tab:orange", lambda t: {"num_segments": t // 4}),
+    )),
+    "Mirasol3B: Transformer vs TTM Combiner (chunks of 8 frames)": ((32, 64, 128), (
+        ("Transformer Combiner", "mirasol3b", "--", "tab:purple", lambda t: {"num_frames": t, "num_chunks": t // 8}),
+        ("TTM Combiner", "mirasol3b_ttm", "-", "tab:purple", lambda t: {"num_frames": t, "num_chunks": t // 8}),
+    )),
+}
 SPEEDUP_WORDS = ("speedup", "speed-up", " vs ")
 
 
-def gflops_vs_frames(path: str, frames=FRAMES) -> str:
-    """Line plot of GFLOPs vs frames of every model in CURVES; returns the path."""
+def gflops_vs_frames(path: str, panels: dict = PANELS) -> str:
+    """One panel per entry of `panels`: GFLOPs per view vs frames of its models (a model this build does
+    not register is named in its panel instead of drawn); returns the path."""
+    import vidsel
     from vidsel import flops
 
-    figure, axes = plt.subplots(figsize=(6.4, 4.2))
-    for label, model, style, colour in CURVES:
-        gflops = [flops.count_model(model, num_frames=t).gmacs for t in frames]
-        axes.plot(frames, gflops, marker="o" if style == "-" else "s", linestyle=style, color=colour, label=label)
-    axes.set_xlabel("frames (224², batch 1)")
-    axes.set_ylabel("GFLOPs (1 multiply-add = 1 FLOP)")
-    axes.set_title("GFLOPs per view vs frames (vidsel.flops)")
-    axes.set_xscale("log", base=2)
-    axes.set_xticks(list(frames), [str(t) for t in frames])
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
+    registered = set(vidsel.list_models())
+    figure, all_axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
+    for axes, (title, (frames, curves)) in zip(all_axes[0], panels.items()):
+        missing = [model for _, model, *_ in curves if model not in registered]
+        for label, model, style, colour, overrides in curves:
+            if model in registered:
+                gflops = [flops.count_model(model, **overrides(t)).gmacs for t in frames]
+                axes.plot(frames, gflops, marker="o" if style == "-" else "s", linestyle=style, color=colour,
+                          label=label)
+        if missing:
+            axes.text(0.5, 0.5, "not in this build:\n" + "\n".join(missing), ha="center", va="center",
+                      transform=axes.transAxes, color="gray")
+        axes.set_title(title, fontsize=9)
+        axes.set_xlabel("frames (batch 1)")
+        axes.set_ylabel("GFLOPs (1 multiply-add = 1 FLOP)")
+        axes.set_xscale("log", base=2)
+        axes.set_xticks(list(frames), [str(t) for t in frames])
+        axes.grid(alpha=0.3)
+        if len(missing) < len(curves):
+            axes.legend(fontsize=7)
+    figure.suptitle("GFLOPs per view vs frames (vidsel.flops, meta device)")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
 

@@ -4,7 +4,7 @@ import numpy as np
 
 from benchmarks import plots
 from benchmarks.harness import Table
-from vidsel import io
+from vidsel import flops, io  # flops first: meta-device construction before the NaN-filling fixture
 
 
 def test_speedup_bars_take_vidsel_rows_of_speedup_columns():
@@ -24,3 +24,17 @@ def test_moving_shapes_video(tmp_path):
     columns = [np.nonzero(red[t].any(axis=0))[0] for t in range(8)]
     lefts = [c.min() for c in columns]
     assert all(later > earlier for earlier, later in zip(lefts, lefts[1:]))  # the square moves right
+
+
+def test_gflops_panels_name_models_this_build_lacks(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    drawn, notes = [], []
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", lambda self, x, y, **kw: drawn.append((kw["label"], list(y))))
+    monkeypatch.setattr(matplotlib.axes.Axes, "text", lambda self, x, y, text, **kw: notes.append(text))
+    panels = {"small": ((2, 4), (("TESTA", "testa_f16", "-", "k", lambda t: {"num_frames": t, "depth": 1}),
+                                 ("absent", "no_such_model", "--", "k", lambda t: {})))}
+    path = plots.gflops_vs_frames(str(tmp_path / "g.png"), panels)
+    assert drawn == [("TESTA", [flops.count_model("testa_f16", num_frames=t, depth=1).gmacs for t in (2, 4)])]
+    assert notes == ["not in this build:\nno_such_model"] and (tmp_path / "g.png").stat().st_size > 0
+    assert path.endswith("g.png")
