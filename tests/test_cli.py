@@ -77,6 +77,14 @@ def test_viz_writes_pictures(tmp_path):
     assert Image.open(gif).n_frames == 2
 
 
+def test_set_parses_python_literals():
+    assert [cli._parse_setting(item) for item in ("depth=2", "ratio=0.5", "stage_depths=(1, 1, 2, 1)",
+                                                  "prop_attn=true", "partition=importance")] == [
+        ("depth", 2), ("ratio", 0.5), ("stage_depths", (1, 1, 2, 1)), ("prop_attn", True), ("partition", "importance")]
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        cli._parse_setting("depth")
+
+
 def test_console_script_is_declared(monkeypatch):
     import setuptools
 

@@ -13,6 +13,7 @@ imported only when its command runs. Errors print one line ``vidsel CMD: error: 
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import os
 import sys
@@ -114,15 +115,17 @@ def viz_main(argv: list[str]) -> int:
 
 
 def _parse_setting(item: str):
+    """"KEY=VALUE" -> (key, value): Python literals (3, 0.5, (1, 2, 2), 'x'), true/false/none, else the text."""
     key, sep, text = item.partition("=")
     if not sep or not key:
         raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
-    for kind in (int, float):
-        try:
-            return key, kind(text)
-        except ValueError:
-            pass
-    return key, {"true": True, "false": False, "none": None}.get(text.lower(), text)
+    lowered = {"true": True, "false": False, "none": None}
+    if text.lower() in lowered:
+        return key, lowered[text.lower()]
+    try:
+        return key, ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return key, text
 
 
 def _load(target: str):
