@@ -190,3 +190,35 @@ def test_errors():
         viz.selections(make_testa_encoder(), frames)
     with pytest.raises(ValueError, match="uint8"):
         viz.merge_picture(frames.float(), viz.MergeTrace(torch.zeros(2, 4, 4, dtype=torch.long)))
+
+
+def test_mist_picture_marks_selected_segments_and_regions(video):
+    mist_models = pytest.importorskip("vidsel.models.mist")
+    model = vidsel.create_model("mist_clip", num_segments=4, frames_per_segment=2, num_patches=17, dim=64, topk=2,
+                                topj=3, num_layers=1, num_heads=4).eval()
+    encoder = mist_models.TinyViTEncoder(img_size=SIZE, patch_size=16, dim=64, depth=1)
+    frames = io.read_frames(video.path, 8, size=SIZE)
+    trace = viz.trace_mist(model, frames, encoder)
+    patches = encoder.encode_frames(frames[None]).reshape(1, 4, 2, 17, 64)
+    generator = torch.Generator().manual_seed(0)
+    words, answers = torch.randn(1, 20, 64, generator=generator), torch.randn(1, 5, 64, generator=generator)
+    with torch.no_grad():
+        _, info = model(patches, words, answers, return_info=True)
+    assert trace.segments == sorted(info["segments"][0, -1].tolist()) and len(trace.segments) == 2
+    picture = np.asarray(viz.mist(model, frames, encoder))
+    from vidsel.viz.mist import REGION, SEGMENT
+
+    cell = SIZE // 4
+    for t in range(8):
+        column = picture[:, t * (SIZE + GAP):t * (SIZE + GAP) + SIZE]
+        if t // 2 in trace.segments:
+            border = column[-3:].reshape(-1, 3)  # the orange frame; patch outlines may cross it
+            is_segment, is_region = (border == SEGMENT).all(axis=-1), (border == REGION).all(axis=-1)
+            assert (is_segment | is_region).all() and is_segment.mean() > 0.5
+            assert 1 <= len(trace.regions[t]) <= 3
+            for row, col in trace.regions[t]:
+                edge = column[row * cell:(row + 1) * cell, col * cell]
+                assert ((edge == REGION).all(axis=-1) | (edge == SEGMENT).all(axis=-1)).all()
+        else:
+            frame = frames[t].permute(1, 2, 0).numpy()
+            assert np.array_equal(column, (frame.astype(np.float32) * DIM).astype(np.uint8))
