@@ -91,6 +91,7 @@ setup(
     packages=find_packages(include=["vidsel", "vidsel.*"]) + ["vidsel.kernels"],
     package_dir={"vidsel": "vidsel", "vidsel.kernels": "kernels"},
     install_requires=["torch==2.14.1", "numpy", "einops"],
+    entry_points={"console_scripts": ["vidsel = vidsel.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     zip_safe=False,

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import vidsel.ops as ops
-from benchmarks.harness import Table, interleaved_median_ms, median_ms, peak_memory_mb, result_mb
+from benchmarks.harness import Table, expose, interleaved_median_ms, median_ms, peak_memory_mb, result_mb
 from vidsel.reference.chunk_attention import block_causal_mask
 
 BATCH, HEADS, LENGTH, HEAD_DIM, CHUNK = 1, 8, 4096, 64, 256
@@ -95,10 +95,10 @@ def run(profile: str) -> list[Table]:
     if flex is not None:
         forward["(b) FlexAttention block mask, compiled"] = flex
     rounds = 15 if profile == "full" else 7
-    fwd_ms = interleaved_median_ms(forward, rounds)
+    fwd_ms = interleaved_median_ms(expose("chunk_attention fwd", forward), rounds)
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
     fwd_bwd = {name: _forward_backward(a, leaves, grad_out) for name, a in attentions.items()}
-    fwd_bwd_ms = interleaved_median_ms(fwd_bwd, rounds - 2)
+    fwd_bwd_ms = interleaved_median_ms(expose("chunk_attention fwd+bwd", fwd_bwd), rounds - 2)
     extra_mb = {}
     for name in ("vidsel cpu", "(a) SDPA, dense bool mask", "(c) SDPA is_causal (floor)"):
         extra_mb[name] = max(peak_memory_mb(forward[name]) - result_mb(forward[name]()), 0.0)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.harness import Table, interleaved_median_ms, peak_memory_mb
+from benchmarks.harness import Table, expose, interleaved_median_ms, peak_memory_mb
 from vidsel.nn import CompressedPatchEmbed
 from vidsel.ops import compressed_patch_embed
 from vidsel.reference import compressed_patch_embed as reference
@@ -85,6 +85,9 @@ def run(profile: str) -> list[Table]:
         with_backward = block == 4
         forwards = {name: (lambda embed=embed: embed(*inputs)) for name, embed in contenders.items()}
         train_steps = {name: _forward_backward(embed, inputs, leaves) for name, embed in contenders.items()}
+        expose(f"compressed_patch_embed g={block} fwd", forwards, context=torch.no_grad)
+        if with_backward:
+            expose(f"compressed_patch_embed g={block} fwd+bwd", train_steps)
         with torch.no_grad():
             fwd_ms = interleaved_median_ms(forwards, fwd_rounds, WARMUP_ROUNDS)
             fwd_mb = {name: peak_memory_mb(forward) for name, forward in forwards.items()}

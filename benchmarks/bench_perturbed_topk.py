@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from benchmarks.harness import Table, median_ms, median_ms_repeats, peak_memory_mb
+from benchmarks.harness import Table, expose, median_ms, median_ms_repeats, peak_memory_mb
 import vidsel.ops as ops
 
 TARGET_SPEEDUP = 40.0
@@ -98,6 +98,7 @@ def run(profile: str) -> list[Table]:
         ops.perturbed_topk_select(x, scores, k, num_samples=n, sigma=sigma, seed=1).backward(grad)
 
     steps["vidsel perturbed_topk_select"] = vidsel_step
+    expose("perturbed_topk", steps)
     repeats = 5 if profile == "full" else 3
     times, memory = {}, {}
     for name, step in steps.items():

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 import vidsel.ops as ops
-from benchmarks.harness import Table, median_ms, peak_memory_mb, result_mb
+from benchmarks.harness import Table, expose, median_ms, peak_memory_mb, result_mb
 
 BATCH, TOKENS, METRIC_DIM, DIM, R = 8, 1568, 64, 768, 392
 
@@ -56,7 +56,7 @@ def run(profile: str) -> list[Table]:
     compiled_baseline = torch.compile(tome_style_baseline)
     compiled_baseline(metric, x, size, R)  # compile outside the timing
 
-    contenders = {
+    contenders = expose("token_merging", {
         "vidsel cpu: match + merge": lambda: vidsel_match_merge(metric, x, size, R),
         "ToMe-style eager baseline": lambda: tome_style_baseline(metric, x, size, R),
         "torch.compile(baseline)": lambda: compiled_baseline(metric, x, size, R),
@@ -64,7 +64,7 @@ def run(profile: str) -> list[Table]:
         "floor: bmm(a, b^T).max(-1)": lambda: torch.bmm(a, b.transpose(1, 2)).max(-1),
         "vidsel cpu: merge only": lambda: ops.merge(x, matching, size, impl="cpu"),
         "floor: x.clone()": lambda: x.clone(),
-    }
+    })
     seconds = 2.0 if profile == "full" else 1.0
     times = {name: median_ms(fn, min_run_time=seconds) for name, fn in contenders.items()}
     memory = {name: peak_memory_mb(fn) for name, fn in contenders.items()}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 import vidsel.ops as ops
-from benchmarks.harness import Table, gradient_step, median_ms, peak_memory_mb
+from benchmarks.harness import Table, expose, gradient_step, median_ms, peak_memory_mb
 
 GROUPS, TOKENS, DIM, K = 64, 196, 768, 98
 
@@ -25,10 +25,10 @@ def _topk_table(seconds: float) -> Table:
     x = torch.randn(GROUPS, TOKENS, DIM, requires_grad=True)
     scores = torch.randn(GROUPS, TOKENS)
     grad = torch.randn(GROUPS, K, DIM)
-    contenders = {
+    contenders = expose("topk_gather", {
         "vidsel cpu: topk_gather": gradient_step(lambda a: ops.topk_gather(a, scores, K, impl="cpu"), (x,), grad),
         "torch.topk + torch.gather": gradient_step(lambda a: torch_topk_gather(a, scores, K), (x,), grad),
-    }
+    })
     times = {name: median_ms(fn, min_run_time=seconds) for name, fn in contenders.items()}
     memory = {name: peak_memory_mb(fn) for name, fn in contenders.items()}
     baseline = times["torch.topk + torch.gather"]

@@ -19,9 +19,11 @@ import sys
 import time
 
 import torch
+from tqdm import tqdm
 
 import benchmarks
 from benchmarks.harness import Table
+from benchmarks.plots import make_plots
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(ROOT, "benchmarks", "results")
@@ -92,7 +94,7 @@ def main(argv=None) -> int:
     header = machine_header()
     print("machine:", ", ".join(f"{k}={v}" for k, v in header.items()), flush=True)
     tables: list[Table] = []
-    for name in discover(args.only):
+    for name in tqdm(discover(args.only), desc="benchmarks", unit="module", disable=None):
         start = time.perf_counter()
         module = importlib.import_module(f"benchmarks.{name}")
         produced = module.run(profile)
@@ -107,6 +109,7 @@ def main(argv=None) -> int:
             kept = [Table(**t) for t in old.get("tables", []) if t["name"] not in {t.name for t in tables}]
             tables = kept + tables
     write_records(header, tables)
+    print("plots:", ", ".join(make_plots(tables, RESULTS_DIR)), flush=True)
     if not args.no_readme:
         update_readme(tables)
     return 0
