@@ -174,7 +174,8 @@ class VideoFolder(Dataset):
     def _report(self, index: int, error: Exception) -> None:
         if self._status[index] != _UNREADABLE:
             self._status[index] = _UNREADABLE
-            warnings.warn(f"VideoFolder: skipping unreadable video {self.samples[index][0]}: {error}",
+            reason = error.reason if isinstance(error, VideoReadError) else (error.strerror or str(error))
+            warnings.warn(f"VideoFolder: skipping unreadable video {self.samples[index][0]}: {reason}",
                           RuntimeWarning, stacklevel=3)
 
     def _load(self, index: int, seed: int):
