@@ -66,8 +66,9 @@ def parse_model_args(items: list[str] | None) -> dict:
 
 
 def config_fields(name: str, overrides: dict) -> set[str]:
-    """Field names of the model's config, from a copy built on the meta device (no memory, no init cost)."""
-    with torch.device("meta"):
+    """Field names of the model's config, from a copy built on the meta device (no memory, no init cost;
+    the generators are restored, so the real model's initial weights do not depend on this probe)."""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
         probe = vidsel.create_model(name, **overrides)
     return {f.name for f in fields(probe.config)}
 
