@@ -2,8 +2,8 @@
 
 Under ``torchrun --nproc_per_node=N`` (RANK / WORLD_SIZE / LOCAL_RANK in the environment) the process
 group uses NCCL on GPUs and Gloo on CPUs; the model is wrapped in DistributedDataParallel, or sharded
-with FSDP2 (`torch.distributed.fsdp.fully_shard`, each transformer block, then the root) for configs too
-big to replicate. A plain ``python -m vidsel.train`` is the world of one and wraps nothing.
+with FSDP2 (`torch.distributed.fsdp.fully_shard`, the layers of each transformer block, then the root)
+for configs too big to replicate. A plain ``python -m vidsel.train`` is the world of one and wraps nothing.
 
 The sampling ops draw their Philox seed from torch's default generator when no seed is passed
 (`vidsel.ops.perturbed_topk`, `gumbel_topk`), so the loop reseeds that generator before every step with
@@ -79,32 +79,37 @@ def seed_step(seed: int, step: int, rank: int) -> None:
     torch.manual_seed(noise_seed(seed, step, rank))
 
 
-def transformer_blocks(model: nn.Module) -> list[nn.Module]:
-    """The members of every ModuleList named "blocks" (TESTA, TimeSformer, STTS backbones), outermost first."""
-    found = []
+def shard_units(model: nn.Module) -> list[nn.Module]:
+    """FSDP2 units: the parametrised children of every member of a ModuleList named "blocks" (TESTA,
+    TimeSformer, STTS backbones). Children, not blocks: TESTA runs a block as three stage methods
+    (temporal, spatial, MLP) around its merges, and FSDP2 gathers a unit's parameters only around
+    `forward` calls, which every child (norm, attention, linear, MLP) gets."""
+    units = []
     for name, module in model.named_modules():
         if isinstance(module, nn.ModuleList) and name.rsplit(".", 1)[-1] == "blocks":
-            found += list(module)
-    return found
+            for block in module:
+                units += [child for child in block.children() if any(True for _ in child.parameters())]
+    return units
 
 
-def wrap(model: nn.Module, context: Context, fsdp: bool = False) -> nn.Module:
+def wrap(model: nn.Module, context: Context, fsdp: bool = False, find_unused_parameters: bool = False) -> nn.Module:
     """DDP (or FSDP2 with `fsdp`) around `model`, already on context.device; unchanged in a world of one
-    unless `fsdp` (fully_shard needs a process group)."""
+    unless `fsdp` (fully_shard needs a process group). find_unused_parameters: for DDP, when some parameters
+    get no gradient (STTS selectors in hard mode, σ = 0, give their scorers none)."""
     if fsdp:
         if not context.distributed:
             raise ValueError("--fsdp needs a process group: launch with torchrun --nproc_per_node=N")
         from torch.distributed.fsdp import fully_shard
 
-        for block in transformer_blocks(model):
-            fully_shard(block)
+        for unit in shard_units(model):
+            fully_shard(unit)
         fully_shard(model)
         return model
     if not context.distributed:
         return model
-    # Selectors in hard mode (sigma = 0) give their scorers no gradient, so unused parameters are allowed.
     device_ids = [context.device.index] if context.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
+                                               find_unused_parameters=find_unused_parameters)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -78,7 +78,8 @@ def _run(args: argparse.Namespace, context: distributed.Context, log: JsonLog) -
     model, overrides = _build(args, len(find_classes(os.path.join(args.data, "train") if split else args.data)))
     frames, size = clip_geometry(model)
     train_set, held_out = datasets(args, args.frames or frames, args.size or size)
-    model = distributed.wrap(model.to(context.device), context, args.fsdp)
+    hard_selection = has_sigma(model) and args.sigma0 == 0  # scorers then get no gradient
+    model = distributed.wrap(model.to(context.device), context, args.fsdp, find_unused_parameters=hard_selection)
     groups = parameter_groups(distributed.unwrap(model), args.lr, args.weight_decay, args.scorer_lr_mult)
     trainer = Trainer(args, context, model, groups, train_set, held_out, log)
     if saved is not None:
