@@ -36,6 +36,10 @@ def events(out) -> list[dict]:
         return [json.loads(line) for line in handle if line.endswith("\n")]
 
 
+def mid_epoch_checkpoint(event: dict) -> bool:
+    return event["event"] == "checkpoint" and event["epoch"] == 1 and event["batch"] == 2
+
+
 def finish(process: subprocess.Popen) -> None:
     _, err = process.communicate(timeout=600)
     assert process.returncode == 0, err
@@ -45,19 +49,25 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tmp_path)
     data = tmp_path / "videos"
     make_folder(data, per_class=6, num_frames=8, size=32, seed=2)  # 18 training clips: 4 batches of 4
     whole, killed = launch(data, tmp_path / "whole"), launch(data, tmp_path / "killed")
-    deadline = time.monotonic() + 600
-    # Kill as soon as the first mid-epoch checkpoint of epoch 1 is on disk: the run is then inside an interval.
-    while not any(e["event"] == "checkpoint" and e["epoch"] == 1 and e["batch"] == 2 for e in events(tmp_path / "killed")):
-        assert killed.poll() is None and time.monotonic() < deadline, killed.stderr.read() if killed.poll() is not None else "timeout"
-        time.sleep(0.01)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    assert killed.returncode == -signal.SIGKILL
-    assert not (tmp_path / "killed" / "model.pt").exists()
-    checkpoint = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=False)
-    assert 0 < checkpoint["progress"]["batch"] < STEPS_PER_EPOCH and checkpoint["progress"]["epoch"] == 1
-    finish(launch(data, tmp_path / "killed", "--resume"))
-    finish(whole)
+    try:
+        deadline = time.monotonic() + 600
+        # Kill as soon as the first mid-epoch checkpoint of epoch 1 is on disk: the run is then inside an interval.
+        while not any(mid_epoch_checkpoint(e) for e in events(tmp_path / "killed")):
+            assert killed.poll() is None, killed.stderr.read()
+            assert time.monotonic() < deadline, "no mid-epoch checkpoint within 10 minutes"
+            time.sleep(0.01)
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+        assert killed.returncode == -signal.SIGKILL
+        assert not (tmp_path / "killed" / "model.pt").exists()
+        checkpoint = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=False)
+        assert 0 < checkpoint["progress"]["batch"] < STEPS_PER_EPOCH and checkpoint["progress"]["epoch"] == 1
+        finish(launch(data, tmp_path / "killed", "--resume"))
+        finish(whole)
+    finally:  # nothing outlives a failed test
+        for process in (whole, killed):
+            if process.poll() is None:
+                process.kill()
 
     expected = torch.load(tmp_path / "whole" / "model.pt")["model"]
     resumed = torch.load(tmp_path / "killed" / "model.pt")["model"]
