@@ -46,8 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--min-lr", type=float, default=0.0, help="learning rate at the end of the cosine")
     optim.add_argument("--grad-clip", type=float, default=0.0, help="max gradient norm (0: off)")
     data = parser.add_argument_group("data")
-    data.add_argument("--frames", type=int, default=None, help="frames per clip (default: the model's num_frames)")
-    data.add_argument("--size", type=int, default=None, help="frame side (default: the model's img_size)")
+    data.add_argument("--frames", type=int, default=None,
+                      help="frames per clip; sets the model's num_frames (default: the config's)")
+    data.add_argument("--size", type=int, default=None,
+                      help="frame side; sets the model's img_size (default: the config's)")
     data.add_argument("--val-fraction", type=float, default=0.2, help="held-out share of each class")
     data.add_argument("--augment", action="store_true", help="temporal jitter + horizontal flip in training")
     data.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (0: main process)")
@@ -76,6 +78,9 @@ def check_args(args: argparse.Namespace) -> None:
     for name in positive:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for name in ("frames", "size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
     for name in ("workers", "checkpoint_every", "warmup_steps"):
         if getattr(args, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
@@ -94,7 +99,7 @@ def model_overrides(args: argparse.Namespace) -> dict:
 
     overrides = parse_model_args(args.model_arg)
     named = dict(r_frames=args.r_frames, r_patches=args.r_patches, r=args.tome_r, num_samples=args.num_samples,
-                 impl=args.impl)
+                 impl=args.impl, num_frames=args.frames, img_size=args.size)
     overrides.update({k: v for k, v in named.items() if v is not None})
     return overrides
 

@@ -187,7 +187,9 @@ class Trainer:
                          args.workers, drop_last=True)
         bar = tqdm(total=self.steps_per_epoch, initial=skip, desc=f"epoch {epoch}", unit="batch",
                    disable=not context.is_main or args.no_progress, dynamic_ncols=True)
-        window_loss, window_steps, window_start = torch.zeros((), dtype=torch.float64), 0, time.perf_counter()
+        # The loss stays on the device between log lines: no host sync per step.
+        window_loss = torch.zeros((), dtype=torch.float64, device=context.device)
+        window_steps, window_start = 0, time.perf_counter()
         self.model.train()
         for clips, labels in batches:
             step = self.progress["step"]
@@ -196,13 +198,12 @@ class Trainer:
             lr = self.scheduler.get_last_lr()[0]
             loss = train_step(self.model, self.optimizer, self.scheduler, clips.to(context.device),
                               labels.to(context.device), args.grad_clip)
-            window_loss += loss.double().cpu()
+            window_loss += loss.double()
             window_steps += 1
             self.progress = dict(epoch=epoch, batch=self.progress["batch"] + 1, step=step + 1)
             bar.update(1)
             if self.progress["step"] % args.log_every == 0 or self.progress["batch"] == self.steps_per_epoch:
-                mean_loss = all_reduce_sum(window_loss.to(context.device), context).item() / (
-                    window_steps * context.world_size)
+                mean_loss = all_reduce_sum(window_loss, context).item() / (window_steps * context.world_size)
                 rate = window_steps * args.batch_size * context.world_size / (time.perf_counter() - window_start)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", clips_per_s=f"{rate:.1f}")
                 self.log.write("train", epoch=epoch, step=step + 1, batch=self.progress["batch"], loss=mean_loss,

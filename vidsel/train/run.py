@@ -73,11 +73,11 @@ def _run(args: argparse.Namespace, context: distributed.Context, log: JsonLog) -
     saved = ckpt.load(resume_path) if resume_path else None
     if saved is not None:
         check_resumable(saved, args, context.world_size, resume_path)
-    # The model's clip geometry decides the dataset's unless --frames / --size override both.
+    # The model's clip geometry (num_frames, img_size; --frames / --size set them) decides the dataset's.
     split = os.path.isdir(os.path.join(args.data, "train")) and os.path.isdir(os.path.join(args.data, "val"))
     model, overrides = _build(args, len(find_classes(os.path.join(args.data, "train") if split else args.data)))
     frames, size = clip_geometry(model)
-    train_set, held_out = datasets(args, args.frames or frames, args.size or size)
+    train_set, held_out = datasets(args, frames, size)
     hard_selection = has_sigma(model) and args.sigma0 == 0  # scorers then get no gradient
     model = distributed.wrap(model.to(context.device), context, args.fsdp, find_unused_parameters=hard_selection)
     groups = parameter_groups(distributed.unwrap(model), args.lr, args.weight_decay, args.scorer_lr_mult)
