@@ -71,3 +71,16 @@ def test_bad_flags_name_the_problem(tmp_path, capsys, flags, message):
     base = ["--model", "testa_f16", "--data", str(tmp_path / "videos"), "--out", str(tmp_path / "run")] + tiny
     assert main(base + flags) == 2
     assert message in capsys.readouterr().err
+
+
+def test_resume_checks_the_flags_and_starts_fresh_without_a_checkpoint(tmp_path, capsys):
+    make_folder(tmp_path / "videos", per_class=2, num_frames=4, size=32)
+    tiny = [a for kv in ("num_frames=2", "img_size=32", "patch_size=16", "embed_dim=16", "depth=1", "num_heads=1")
+            for a in ("--model-arg", kv)]
+    base = ["--model", "testa_f16", "--data", str(tmp_path / "videos"), "--out", str(tmp_path / "run"), "--epochs",
+            "1", "--batch-size", "2", "--val-fraction", "0.5", "--workers", "0", "--no-progress"] + tiny
+    with pytest.warns(RuntimeWarning, match="from scratch"):
+        assert main(base + ["--resume"]) == 0
+    assert (tmp_path / "run" / "model.pt").exists()
+    assert main(base + ["--resume", "--lr", "5e-4"]) == 2
+    assert "different --lr" in capsys.readouterr().err

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=int, default=8, help="clips per process and step")
     run.add_argument("--lr", type=float, default=1e-4, help="peak AdamW learning rate")
     run.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
-                     help="continue from CHECKPOINT (default: OUT/checkpoint.pt)")
+                     help="continue from CHECKPOINT (default: OUT/checkpoint.pt; from scratch if there is none yet)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--fsdp", action="store_true", help="shard with FSDP2 (fully_shard) instead of DDP")
     run.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))

@@ -70,6 +70,10 @@ def _run(args: argparse.Namespace, context: distributed.Context, log: JsonLog) -
     resume_path = None
     if args.resume is not None:
         resume_path = os.path.join(args.out, "checkpoint.pt") if args.resume == "auto" else args.resume
+        if args.resume == "auto" and not os.path.exists(resume_path):
+            # Killed before its first checkpoint: the run starts over (an explicit path must exist).
+            warnings.warn(f"--resume: no {resume_path} yet, starting from scratch", RuntimeWarning, stacklevel=2)
+            resume_path = None
     saved = ckpt.load(resume_path) if resume_path else None
     if saved is not None:
         check_resumable(saved, args, context.world_size, resume_path)
