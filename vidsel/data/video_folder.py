@@ -13,10 +13,15 @@ item, so an epoch never stops on a bad file and every rank's batches keep their 
 Randomness (``augment=True``: temporal jitter and horizontal flip, plus whatever ``transform`` draws from
 torch's default generator) comes from a generator seeded by ``sample_seed(seed, epoch, index)``, so an
 item is the same whatever the worker count, the worker that loads it, or the order of loading.
+
+Forking: a PyAV decoder caught in a reference cycle keeps its FFmpeg frame threads until the garbage
+collector frees it, and a process forked meanwhile (a DataLoader worker) can crash in FFmpeg's locks; so
+importing this module registers a garbage collection before every os.fork.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -30,6 +35,8 @@ from vidsel.io import CompressedClip, VideoReadError, read_compressed, read_fram
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".3gp")
 MODES = ("rgb", "compressed")
 _UNREADABLE = 1
+
+os.register_at_fork(before=gc.collect)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
