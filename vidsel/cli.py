@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "flops": ("vidsel.cli:flops_main", "GFLOPs per view of a registered model (meta device, no compute)"),
     "bench": ("vidsel.cli:bench_main", "run the benchmarks (tables, README sections, plots)"),
     "viz": ("vidsel.cli:viz_main", "draw what a model merged or selected on a video, as PNG or GIF"),
+    "train": ("vidsel.train:main", "fine-tune a registered model on a video folder (one machine or torchrun)"),
 }
 
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, KeyError, ImportError, OSError)
