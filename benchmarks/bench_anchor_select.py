@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import vidsel.ops as ops
 from benchmarks.harness import Table, gradient_step, median_ms, peak_memory_mb
 
-BATCH, FRAMES, SIDE, ANCHOR, STRIDE, SAMPLES, SIGMA = 8, 8, 14, 10, 2, 500, 0.1
+BATCH, FRAMES, SIDE, DIM, ANCHOR, STRIDE, SAMPLES, SIGMA = 8, 8, 14, 768, 10, 2, 500, 0.1
 
 
 class _PerturbedTopKBaseline(torch.autograd.Function):
