@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -22,11 +23,13 @@ def chunk_layout(chunk_lens: Sequence[int], lq: int, device=None) -> tuple[Tenso
     Returns key_end (Lq,) int64: row i sees keys [0, key_end[i]), the end of p's chunk (eq. 8), and
     first_row (Lk,) int64: the first query row that sees key j (rows i >= first_row[j] do).
     """
-    lens = torch.as_tensor(list(chunk_lens), dtype=torch.int64, device=device)
-    chunk_end = torch.repeat_interleave(torch.cumsum(lens, 0), lens)  # (Lk,): end of each key's chunk
-    chunk_start = chunk_end - torch.repeat_interleave(lens, lens)
-    offset = chunk_end.numel() - lq
-    return chunk_end[offset:].contiguous(), (chunk_start - offset).clamp(min=0)
+    # Built on the host with numpy: O(L) serial work, where torch's index ops would each open a parallel
+    # region (milliseconds on a busy CPU, per call).
+    lens = np.asarray(list(chunk_lens), dtype=np.int64)
+    chunk_end = np.repeat(np.cumsum(lens), lens)  # (Lk,): end of each key's chunk
+    offset = chunk_end.shape[0] - lq
+    first_row = np.maximum(chunk_end - np.repeat(lens, lens) - offset, 0)
+    return torch.from_numpy(chunk_end[offset:].copy()).to(device), torch.from_numpy(first_row).to(device)
 
 
 def visibility_mask(key_end: Tensor, lk: int) -> Tensor:
