@@ -77,6 +77,8 @@ def vidsel_modules() -> list[str]:
             origin = info.module_finder.find_spec(info.name).origin or ""
             if not (info.ispkg or origin.endswith(".py")):
                 continue  # the compiled extensions (vidsel/_C*.so) are loaded by torch.ops.load_library
+            if info.name.endswith(".__main__"):
+                continue  # `python -m` entry points run their program when imported, by design
             names.append(info.name)
             if info.ispkg:
                 stack.append((path / info.name.rsplit(".", 1)[1], info.name + "."))
