@@ -29,7 +29,11 @@ def chunk_layout(chunk_lens: Sequence[int], lq: int, device=None) -> tuple[Tenso
     chunk_end = np.repeat(np.cumsum(lens), lens)  # (Lk,): end of each key's chunk
     offset = chunk_end.shape[0] - lq
     first_row = np.maximum(chunk_end - np.repeat(lens, lens) - offset, 0)
-    return torch.from_numpy(chunk_end[offset:].copy()).to(device), torch.from_numpy(first_row).to(device)
+    key_end, first_row = torch.from_numpy(chunk_end[offset:].copy()), torch.from_numpy(first_row)
+    if device is not None and torch.device(device).type == "cuda":
+        # From pinned memory the copies are asynchronous; a pageable source would block the host.
+        return key_end.pin_memory().to(device, non_blocking=True), first_row.pin_memory().to(device, non_blocking=True)
+    return key_end.to(device), first_row.to(device)
 
 
 def visibility_mask(key_end: Tensor, lk: int) -> Tensor:
