@@ -54,7 +54,7 @@ INTERPRETER = {
     "copy_rows": _launch(BLOCK_ROWS=16, BLOCK_D=64),
     "perturbed_topk": _launch(BLOCK_I=64, BLOCK_J=64),
     "gumbel_topk": _launch(),
-    "summed_area": _launch(BLOCK_R=16),
+    "summed_area": _launch(BLOCK_R=4),
     "anchor_mean": _launch(BLOCK_G=32),
     "anchor_pixels": _launch(BLOCK_P=16, BLOCK_D=64),
     "anchor_dot": _launch(BLOCK=256),
