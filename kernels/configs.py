@@ -95,16 +95,16 @@ GPU = {
         64: _launch(4, 3, BLOCK_M=128, BLOCK_D=64, BLOCK_K=64),
         1024: _launch(8, 3, BLOCK_M=128, BLOCK_D=128, BLOCK_K=64),
     },
-    "topk_rank": {1: _launch(4, 2, BLOCK_I=128, BLOCK_J=128)},
+    "topk_rank": {1: _launch(8, 1, BLOCK_I=128, BLOCK_J=64)},
     "topk_place": {1: _launch(4, 2, BLOCK=1024)},
-    "copy_rows": {1024: _launch(4, 2, BLOCK_ROWS=16, BLOCK_D=128)},
+    "copy_rows": {1024: _launch(8, 2, BLOCK_ROWS=16, BLOCK_D=128)},
     "perturbed_topk": {1: _launch(8, 2, BLOCK_I=128, BLOCK_J=64)},
     # key: row length (BLOCK_L = next power of two); longer rows are rejected on GPUs
     "gumbel_topk": {1024: _launch(4, 1), 4096: _launch(8, 1), 16384: _launch(16, 1)},
     # key: map width (BLOCK_W)
     "summed_area": {128: _launch(8, 1, BLOCK_R=16)},
     "anchor_mean": {1: _launch(4, 1, BLOCK_G=128)},
-    "anchor_pixels": {1024: _launch(4, 2, BLOCK_P=32, BLOCK_D=128)},
+    "anchor_pixels": {1024: _launch(4, 1, BLOCK_P=16, BLOCK_D=64)},
     "anchor_dot": {1: _launch(4, 2, BLOCK=1024)},
     "philox": {1: _launch(4, 1, BLOCK=1024)},
 }
@@ -142,6 +142,18 @@ def dot_precision(dtype: torch.dtype, device) -> str:
     if dtype == torch.float32 and on_gpu(device) and torch.backends.cuda.matmul.allow_tf32:
         return "tf32"
     return "ieee"
+
+
+_TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16,
+              torch.float64: tl.float64}
+
+
+def dot_operand(dtype: torch.dtype, device):
+    """tl dtype the operands of tl.dot are cast to: the input's own dtype, except bfloat16 under the
+    interpreter (it multiplies bfloat16 bit patterns as integers), which is widened to float32."""
+    if dtype == torch.bfloat16 and not on_gpu(device):
+        return tl.float32
+    return _TL_DTYPES[dtype]
 
 
 def accumulator(dtype: torch.dtype):
