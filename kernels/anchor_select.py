@@ -249,9 +249,9 @@ def aot_specs():
             configs.AotSpec(_anchor_scores_backward_kernel, "anchor_select", name, pixels,
                             dict(BLOCK_P=pixels["BLOCK_P"]), data=name),
             configs.AotSpec(_anchor_gather_kernel, "anchor_select", name, pixels, tiles,
-                            types=dict(w_ptr="*" + acc_name), data=name),
+                            types=dict(w_ptr="*" + acc_name), data=name, aligned=("D",)),
             configs.AotSpec(_anchor_grad_x_kernel, "anchor_select", name, pixels, tiles,
-                            types=dict(w_ptr="*" + acc_name), data=name),
+                            types=dict(w_ptr="*" + acc_name), data=name, aligned=("D",)),
             configs.AotSpec(_anchor_grad_w_kernel, "anchor_select", name, dot,
                             dict(ACC_DTYPE=acc[1], BLOCK=dot["BLOCK"]), types=dict(out_ptr="*" + acc_name), data=name),
         ]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import glob
 import hashlib
 import importlib
@@ -46,7 +47,11 @@ def specs():
             module = importlib.import_module(f"vidsel.kernels.{name}")
         except ModuleNotFoundError:
             continue  # a module merged into another one
-        out += module.aot_specs()
+        for spec in module.aot_specs():
+            out.append(dataclasses.replace(spec, aligned=()))
+            if spec.aligned:  # the JIT's specialisation for 16-divisible feature dims, compiled too
+                label = " ".join(filter(None, (spec.variant, ",".join(f"{arg}%16" for arg in spec.aligned))))
+                out.append(dataclasses.replace(spec, variant=label))
     return out
 
 
@@ -111,16 +116,16 @@ def compile_spec(spec, arch: int = 90) -> dict:
                config=spec.config.label() + (f" {spec.variant}" if spec.variant else ""), ok=False, error="",
                regs=None, spill_bytes=None, smem_bytes=None, tensor_cores=None, stack_bytes=None,
                tensor_cores_required=spec.tensor_cores)
-    pointers = [i for i, arg in enumerate(spec.fn.arg_names) if sig[arg].startswith("*")]
+    aligned = [i for i, arg in enumerate(spec.fn.arg_names) if sig[arg].startswith("*") or arg in spec.aligned]
     source = triton.compiler.ASTSource(fn=spec.fn, signature=sig, constexprs=spec.constexprs,
-                                       attrs={(i,): [["tt.divisibility", 16]] for i in pointers})
+                                       attrs={(i,): [["tt.divisibility", 16]] for i in aligned})
     try:
         kernel = triton.compile(source, target=GPUTarget("cuda", arch, 32),
                                 options=dict(num_warps=spec.config.num_warps, num_stages=spec.config.num_stages))
         ptx = kernel.asm["ptx"]
         usage = _ptxas_usage(ptx, arch)
     except Exception as error:  # noqa: BLE001 - the report records every failure
-        lines = [line for line in str(error).splitlines() if line.strip()]
+        lines = [line for line in str(error).splitlines() if line.strip()]  # first line names the failure
         row["error"] = f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
         return row
     found = sorted(set(_TENSOR_CORE_PTX.findall(ptx)))

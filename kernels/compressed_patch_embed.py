@@ -23,7 +23,10 @@ from vidsel.kernels import configs
 
 @triton.jit
 def _patch_columns(rows, ks, N, GRID_W, CELLS, CELL, SCALE, PATCH, IN_H, IN_W, CHANNELS):
-    """Element offsets (rows × ks) of patch columns in the input (B*T frames of CHANNELS × IN_H × IN_W)."""
+    """Element offsets (rows × ks) of patch columns in the input (B*T frames of CHANNELS × IN_H × IN_W).
+
+    Index arithmetic stays int32 (rows and columns are far below 2**31); only the frame offset, the
+    product that can pass 2**31 elements, is int64."""
     frame = rows // N
     n = rows % N
     ph = n // GRID_W
@@ -33,15 +36,15 @@ def _patch_columns(rows, ks, N, GRID_W, CELLS, CELL, SCALE, PATCH, IN_H, IN_W, C
     cj = ks % CELLS
     y = (ph[:, None] * PATCH + ci[None, :] * CELL) // SCALE
     x = (pw[:, None] * PATCH + cj[None, :] * CELL) // SCALE
-    return frame[:, None] * (CHANNELS * IN_H * IN_W) + (ch[None, :] * IN_H + y) * IN_W + x
+    return frame.to(tl.int64)[:, None] * (CHANNELS * IN_H * IN_W) + ((ch[None, :] * IN_H + y) * IN_W + x)
 
 
 @triton.jit
 def _token_offsets(rows, N, T, BATCH_STRIDE, OFFSET):
-    """Row index (in units of D) of token row (b*T + t)*N + n of a tensor laid out (B, [modality], T, N, D):
+    """Row index (int64, in units of D) of token row (b*T + t)*N + n of a tensor laid out (B, [modality], T, N, D):
     BATCH_STRIDE / OFFSET are the batch stride and modality offset counted in token rows."""
     frame = rows // N
-    return (frame // T) * BATCH_STRIDE + OFFSET + ((frame % T) * N + rows % N)
+    return (frame // T).to(tl.int64) * BATCH_STRIDE + OFFSET + ((frame % T) * N + rows % N)
 
 
 @triton.jit
@@ -50,7 +53,7 @@ def _patch_project_kernel(
     OUT_BATCH_STRIDE, OUT_OFFSET, ACC: tl.constexpr, DOT: tl.constexpr, OPERAND: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     feats = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     row_mask = rows < ROWS
     feat_mask = feats < D
@@ -76,7 +79,7 @@ def _patch_grad_input_kernel(
     G_BATCH_STRIDE, G_OFFSET, ACC: tl.constexpr, DOT: tl.constexpr, OPERAND: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     ks = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     row_mask = rows < ROWS
     k_mask = ks < K
@@ -106,7 +109,7 @@ def _patch_grad_weight_kernel(
     feat_mask = feats < D
     acc = tl.zeros((BLOCK_K, BLOCK_D), dtype=ACC)
     for m0 in range(0, ROWS, BLOCK_M):
-        rows = (m0 + tl.arange(0, BLOCK_M)).to(tl.int64)
+        rows = m0 + tl.arange(0, BLOCK_M)
         row_mask = rows < ROWS
         src = _patch_columns(rows, ks, N, GRID_W, CELLS, CELL, SCALE, PATCH, IN_H, IN_W, CHANNELS)
         a = tl.load(x_ptr + src, mask=row_mask[:, None] & k_mask[None, :], other=0.0).to(OPERAND)
@@ -145,7 +148,7 @@ _acc = configs.accumulator
 
 def _meta(x, dim) -> dict:
     """Constexpr arguments and launch options of the three kernels for input x and embedding dim."""
-    config = configs.launch("patch_project", dim, x.device)
+    config = configs.launch("patch_project", dim, x.device, x.dtype)
     return dict(ACC=_acc(x.dtype)[1], DOT=configs.dot_precision(x.dtype, x.device),
                 OPERAND=configs.dot_operand(x.dtype, x.device), **config.kwargs())
 
@@ -246,12 +249,12 @@ def compressed_patch_embed_backward(grad_tokens, grad_audio, iframe, motion, res
 def aot_specs():
     """GPU launches of the projection and both gradients: every table entry, dtype and dot precision."""
     specs = []
-    for config in configs.GPU["patch_project"].values():
-        tiles = dict(config.blocks)
-        for dtype in configs.DTYPES:
+    for dtype in configs.DTYPES:
+        for config in configs.gpu_table("patch_project", dtype).values():
+            tiles = dict(config.blocks)
             name, (acc_torch, acc_tl) = configs.TL_NAMES[dtype], configs.accumulator(dtype)
             for precision, suffix in configs.gemm_variants(dtype):
-                common = dict(config=config, data=name, variant=suffix,
+                common = dict(config=config, data=name, variant=suffix, aligned=("D",),
                               tensor_cores=configs.requires_tensor_cores(dtype, precision))
                 constexprs = dict(tiles, ACC=acc_tl, DOT=precision, OPERAND=configs.dot_operand(dtype, "cuda"))
                 specs += [

@@ -62,51 +62,72 @@ INTERPRETER = {
 }
 
 # Hopper (sm_90) tiles keyed on a power-of-two size; a size above the largest key uses the largest.
-# GEMM-shaped kernels use 64-128 tiles so tl.dot maps onto wgmma; every entry compiles without spills.
+# GEMM-shaped kernels use 64-128 tiles so tl.dot maps onto wgmma; every entry compiles without spills
+# (python -m vidsel.kernels.aot checks it), with and without 16-divisible feature dims.
 GPU = {
-    # key: head dim (BLOCK_D)
+    # key: head dim (BLOCK_D). Head dim 256 holds twice the registers per row: 32-wide tiles there.
     "chunk_attention_fwd": {
-        32: _launch(4, 3, BLOCK_M=128, BLOCK_N=64),
-        64: _launch(4, 3, BLOCK_M=128, BLOCK_N=64),
+        32: _launch(8, 3, BLOCK_M=128, BLOCK_N=64),
+        64: _launch(8, 3, BLOCK_M=128, BLOCK_N=64),
         128: _launch(8, 3, BLOCK_M=128, BLOCK_N=64),
-        256: _launch(8, 2, BLOCK_M=64, BLOCK_N=64),
+        256: _launch(8, 1, BLOCK_M=64, BLOCK_N=64),
     },
     "chunk_attention_dkdv": {
-        32: _launch(4, 2, BLOCK_M=64, BLOCK_N=128),
-        64: _launch(8, 2, BLOCK_M=64, BLOCK_N=128),
+        32: _launch(8, 2, BLOCK_M=64, BLOCK_N=64),
+        64: _launch(8, 2, BLOCK_M=64, BLOCK_N=64),
         128: _launch(8, 2, BLOCK_M=64, BLOCK_N=64),
-        256: _launch(8, 2, BLOCK_M=64, BLOCK_N=64),
+        256: _launch(8, 2, BLOCK_M=32, BLOCK_N=64),
     },
     "chunk_attention_dq": {
-        32: _launch(4, 2, BLOCK_M=128, BLOCK_N=64),
+        32: _launch(8, 2, BLOCK_M=128, BLOCK_N=64),
         64: _launch(8, 2, BLOCK_M=128, BLOCK_N=64),
         128: _launch(8, 2, BLOCK_M=128, BLOCK_N=64),
-        256: _launch(8, 2, BLOCK_M=64, BLOCK_N=64),
+        256: _launch(8, 2, BLOCK_M=64, BLOCK_N=32),
     },
-    # key: channels (feature dim of the matched tokens)
-    "best_partner": {
-        64: _launch(4, 3, BLOCK_A=64, BLOCK_B=128, BLOCK_C=64),
-        1024: _launch(8, 3, BLOCK_A=128, BLOCK_B=128, BLOCK_C=64),
-    },
-    # key: feature dim
-    "rows": {1024: _launch(4, 2, BLOCK_N=16, BLOCK_D=128)},
-    # key: embedding dim D
-    "patch_project": {
-        64: _launch(4, 3, BLOCK_M=128, BLOCK_D=64, BLOCK_K=64),
-        1024: _launch(8, 3, BLOCK_M=128, BLOCK_D=128, BLOCK_K=64),
-    },
+    # channels and embedding dims are looped over (BLOCK_C / BLOCK_K): one entry each
+    "best_partner": {1: _launch(8, 3, BLOCK_A=64, BLOCK_B=128, BLOCK_C=32)},
+    "patch_project": {1: _launch(8, 2, BLOCK_M=128, BLOCK_D=64, BLOCK_K=32)},
+    "rows": {1: _launch(4, 2, BLOCK_N=16, BLOCK_D=128)},
     "topk_rank": {1: _launch(8, 1, BLOCK_I=128, BLOCK_J=64)},
     "topk_place": {1: _launch(4, 2, BLOCK=1024)},
-    "copy_rows": {1024: _launch(8, 2, BLOCK_ROWS=16, BLOCK_D=128)},
+    "copy_rows": {1: _launch(8, 2, BLOCK_ROWS=16, BLOCK_D=128)},
     "perturbed_topk": {1: _launch(8, 2, BLOCK_I=128, BLOCK_J=64)},
     # key: row length (BLOCK_L = next power of two); longer rows are rejected on GPUs
     "gumbel_topk": {1024: _launch(4, 1), 4096: _launch(8, 1), 16384: _launch(16, 1)},
     # key: map width (BLOCK_W)
     "summed_area": {128: _launch(8, 1, BLOCK_R=16)},
     "anchor_mean": {1: _launch(4, 1, BLOCK_G=128)},
-    "anchor_pixels": {1024: _launch(4, 1, BLOCK_P=16, BLOCK_D=64)},
+    "anchor_pixels": {1: _launch(4, 1, BLOCK_P=16, BLOCK_D=64)},
     "anchor_dot": {1: _launch(4, 2, BLOCK=1024)},
     "philox": {1: _launch(4, 1, BLOCK=1024)},
+}
+
+# 4- and 8-byte operands (float32, float64) hold 2-4x the registers and shared memory of a 16-bit tile:
+# smaller tiles for the kernels that keep whole head-dim rows (chunk attention) or 3-D GEMM tiles.
+GPU_WIDE = {
+    "chunk_attention_fwd": {
+        32: _launch(8, 2, BLOCK_M=64, BLOCK_N=64),
+        64: _launch(8, 2, BLOCK_M=64, BLOCK_N=32),
+        128: _launch(8, 1, BLOCK_M=64, BLOCK_N=32),
+        256: _launch(8, 1, BLOCK_M=32, BLOCK_N=32),
+    },
+    "chunk_attention_dkdv": {
+        32: _launch(8, 2, BLOCK_M=64, BLOCK_N=64),
+        64: _launch(8, 2, BLOCK_M=32, BLOCK_N=64),
+        128: _launch(8, 1, BLOCK_M=32, BLOCK_N=32),
+        256: _launch(8, 1, BLOCK_M=16, BLOCK_N=32),
+    },
+    "chunk_attention_dq": {
+        32: _launch(8, 2, BLOCK_M=64, BLOCK_N=64),
+        64: _launch(8, 2, BLOCK_M=64, BLOCK_N=32),
+        128: _launch(8, 1, BLOCK_M=64, BLOCK_N=32),
+        256: _launch(8, 1, BLOCK_M=32, BLOCK_N=32),
+    },
+}
+# float64 additionally runs the 3-D GEMM tiles smaller (DMMA steps are 8x8x4).
+GPU_FP64 = {
+    "best_partner": {1: _launch(8, 2, BLOCK_A=64, BLOCK_B=64, BLOCK_C=32)},
+    "patch_project": {1: _launch(8, 2, BLOCK_M=64, BLOCK_D=64, BLOCK_K=32)},
 }
 
 
@@ -126,11 +147,20 @@ def gpu_key(table: dict, size: int) -> int:
     return min(fitting) if fitting else max(table)
 
 
-def launch(kernel: str, size: int, device) -> Launch:
+def gpu_table(kernel: str, dtype: torch.dtype | None = None) -> dict:
+    """The GPU table of `kernel` for inputs of `dtype` (float32 / float64 may have their own)."""
+    if dtype == torch.float64 and kernel in GPU_FP64:
+        return GPU_FP64[kernel]
+    if dtype in (torch.float32, torch.float64) and kernel in GPU_WIDE:
+        return GPU_WIDE[kernel]
+    return GPU[kernel]
+
+
+def launch(kernel: str, size: int, device, dtype: torch.dtype | None = None) -> Launch:
     """The launch configuration of `kernel` for a problem of `size` (see GPU's keys) on `device`."""
     if not on_gpu(device):
         return INTERPRETER[kernel]
-    table = GPU[kernel]
+    table = gpu_table(kernel, dtype)
     return table[gpu_key(table, size)]
 
 
@@ -184,8 +214,10 @@ class AotSpec:
     """One GPU launch signature to compile ahead of time.
 
     Pointer arguments (names ending in _ptr) default to `data`'s element type; `types` overrides
-    any argument ("*i32", "i64", "fp64", ...); other runtime arguments are i32. `tensor_cores`:
-    whether the kernel's tl.dot must map onto tensor-core instructions in this configuration."""
+    any argument ("*i32", "i64", "fp64", ...); other runtime arguments are i32. Pointers are taken
+    16-byte aligned (fresh torch allocations), as are the ints named in `aligned` (feature dims:
+    the JIT specialises multiples of 16). `tensor_cores`: whether the kernel's tl.dot must map onto
+    tensor-core instructions in this configuration."""
 
     fn: object
     module: str
@@ -196,6 +228,7 @@ class AotSpec:
     data: str = "fp32"
     tensor_cores: bool = False
     variant: str = ""
+    aligned: tuple = ()
 
 
 def gemm_variants(dtype: torch.dtype) -> list[tuple[str, str]]:

@@ -72,7 +72,7 @@ def best_partner(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.
     nb = b.shape[1]
     best = torch.empty(batch, na, dtype=acc_dtype, device=a.device)
     index = torch.empty(batch, na, dtype=torch.int64, device=a.device)
-    config = configs.launch("best_partner", c, a.device)
+    config = configs.launch("best_partner", c, a.device, a.dtype)
     grid = (batch, triton.cdiv(na, config["BLOCK_A"]))
     _best_partner_kernel[grid](
         a, b, norm_a, norm_b, best, index, na, nb, c, ACC_DTYPE=acc_tl,
@@ -169,18 +169,19 @@ def aot_specs():
     for dtype in configs.DTYPES:
         name, (acc_torch, acc_tl) = configs.TL_NAMES[dtype], configs.accumulator(dtype)
         acc_name = configs.TL_NAMES[acc_torch]
-        for config in configs.GPU["best_partner"].values():
+        for config in configs.gpu_table("best_partner", dtype).values():
             for precision, suffix in configs.gemm_variants(dtype):
                 specs.append(configs.AotSpec(
                     _best_partner_kernel, "token_merging", name, config,
                     dict(config.blocks, ACC_DTYPE=acc_tl, DOT=precision, OPERAND=configs.dot_operand(dtype, "cuda")),
                     types=dict(norm_a_ptr="*" + acc_name, norm_b_ptr="*" + acc_name, best_ptr="*" + acc_name,
                                index_ptr="*i64"),
-                    data=name, variant=suffix, tensor_cores=configs.requires_tensor_cores(dtype, precision)))
+                    data=name, variant=suffix, aligned=("C",),
+                    tensor_cores=configs.requires_tensor_cores(dtype, precision)))
         rows = configs.GPU["rows"][max(configs.GPU["rows"])]
         for kernel, out in ((_scatter_rows_kernel, acc_name), (_gather_rows_kernel, name)):
             specs.append(configs.AotSpec(kernel, "token_merging", name, rows,
                                          dict(rows.blocks, HAS_WEIGHT=True, ACC_DTYPE=acc_tl),
                                          types=dict(dst_ptr="*i64", w_ptr="*" + acc_name, out_ptr="*" + out),
-                                         data=name))
+                                         data=name, aligned=("D",)))
     return specs

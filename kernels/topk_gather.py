@@ -130,7 +130,7 @@ def aot_specs():
         for gather in (True, False):
             specs.append(configs.AotSpec(_copy_rows_kernel, "topk_gather", name, copy,
                                          dict(GATHER=gather, BLOCK_ROWS=copy["BLOCK_ROWS"], BLOCK_D=copy["BLOCK_D"]),
-                                         types=dict(index_ptr="*i64"), data=name,
+                                         types=dict(index_ptr="*i64"), data=name, aligned=("D",),
                                          variant="gather" if gather else "scatter"))
     for by_index in (True, False):
         specs.append(configs.AotSpec(_topk_place_kernel, "topk_gather", "i32", place,
