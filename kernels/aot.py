@@ -28,7 +28,7 @@ import sys
 import tempfile
 
 MODULES = ("philox", "perturbed_topk", "gumbel_topk", "topk_gather", "anchor_select", "compressed_patch_embed",
-           "bipartite_match", "token_merge", "chunk_attention")
+           "token_merging", "chunk_attention")
 SMEM_LIMIT = 227 * 1024  # bytes of shared memory one H100 block may use
 KEYS = ("kernel", "module", "dtype", "config", "ok", "error", "regs", "spill_bytes", "smem_bytes", "tensor_cores")
 _TENSOR_CORE_PTX = re.compile(r"\b(wgmma\.mma_async|mma\.sync)\b")
@@ -43,10 +43,7 @@ def specs():
         raise RuntimeError("vidsel.kernels.aot must run without TRITON_INTERPRET (unset it)")
     out = []
     for name in MODULES:
-        try:
-            module = importlib.import_module(f"vidsel.kernels.{name}")
-        except ModuleNotFoundError:
-            continue  # a module merged into another one
+        module = importlib.import_module(f"vidsel.kernels.{name}")
         for spec in module.aot_specs():
             out.append(dataclasses.replace(spec, aligned=()))
             if spec.aligned:  # the JIT's specialisation for 16-divisible feature dims, compiled too

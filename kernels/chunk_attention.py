@@ -232,19 +232,19 @@ def chunk_attention_backward(grad_out, q, k, v, out, lse, key_end, first_row, ke
 
 
 def aot_specs():
-    """GPU launches of the three kernels: every head-dim entry, dtype and dot precision, with a key bias."""
+    """GPU launches of the three kernels: every dtype, dot precision and head-dim entry, with a key bias."""
     kernels = (("chunk_attention_fwd", _chunk_attention_kernel), ("chunk_attention_dkdv", _chunk_attention_dkdv_kernel),
                ("chunk_attention_dq", _chunk_attention_dq_kernel))
     specs = []
     for table, kernel in kernels:
         for dtype in configs.DTYPES:
-            for block_d, config in configs.gpu_table(table, dtype).items():
-                name, (acc_torch, acc_tl) = configs.TL_NAMES[dtype], configs.accumulator(dtype)
-                acc = "*" + configs.TL_NAMES[acc_torch]
-                types = dict(key_end_ptr="*i32", first_row_ptr="*i32", lse_ptr=acc, delta_ptr=acc, scale_ptr=acc,
-                             dk_ptr=acc, dv_ptr=acc, dbias_ptr=acc, dq_ptr=acc)
-                types = {arg: t for arg, t in types.items() if arg in kernel.arg_names}
-                for precision, suffix in configs.gemm_variants(dtype):
+            name, (acc_torch, acc_tl) = configs.TL_NAMES[dtype], configs.accumulator(dtype)
+            acc = "*" + configs.TL_NAMES[acc_torch]
+            types = dict(key_end_ptr="*i32", first_row_ptr="*i32", lse_ptr=acc, delta_ptr=acc, scale_ptr=acc,
+                         dk_ptr=acc, dv_ptr=acc, dbias_ptr=acc, dq_ptr=acc)
+            types = {arg: t for arg, t in types.items() if arg in kernel.arg_names}
+            for precision, suffix in configs.gemm_variants(dtype):
+                for block_d, config in configs.gpu_table(table, dtype, precision).items():
                     for dim in (block_d, block_d * 3 // 4):  # a power of two, and a head dim padded to one
                         constexprs = dict(config.blocks, HAS_BIAS=True, ACC=acc_tl, DOT=precision, DIM=dim,
                                           OPERAND=configs.dot_operand(dtype, "cuda"), BLOCK_D=block_d)

@@ -247,22 +247,22 @@ def compressed_patch_embed_backward(grad_tokens, grad_audio, iframe, motion, res
 
 
 def aot_specs():
-    """GPU launches of the projection and both gradients: every table entry, dtype and dot precision."""
+    """GPU launches of the projection and both gradients: every dtype, dot precision and table entry."""
     specs = []
     for dtype in configs.DTYPES:
-        for config in configs.gpu_table("patch_project", dtype).values():
-            tiles = dict(config.blocks)
-            name, (acc_torch, acc_tl) = configs.TL_NAMES[dtype], configs.accumulator(dtype)
-            for precision, suffix in configs.gemm_variants(dtype):
+        name, (acc_torch, acc_tl) = configs.TL_NAMES[dtype], configs.accumulator(dtype)
+        grad = "*" + configs.TL_NAMES[acc_torch]
+        for precision, suffix in configs.gemm_variants(dtype):
+            for config in configs.gpu_table("patch_project", dtype, precision).values():
                 common = dict(config=config, data=name, variant=suffix, aligned=("D",),
-                              tensor_cores=configs.requires_tensor_cores(dtype, precision))
-                constexprs = dict(tiles, ACC=acc_tl, DOT=precision, OPERAND=configs.dot_operand(dtype, "cuda"))
+                              tensor_cores=configs.requires_tensor_cores(dtype, precision),
+                              constexprs=dict(config.blocks, ACC=acc_tl, DOT=precision,
+                                              OPERAND=configs.dot_operand(dtype, "cuda")))
                 specs += [
-                    configs.AotSpec(_patch_project_kernel, "compressed_patch_embed", name, constexprs=constexprs,
-                                    **common),
-                    configs.AotSpec(_patch_grad_input_kernel, "compressed_patch_embed", name, constexprs=constexprs,
-                                    types=dict(gx_ptr="*" + configs.TL_NAMES[acc_torch]), **common),
-                    configs.AotSpec(_patch_grad_weight_kernel, "compressed_patch_embed", name, constexprs=constexprs,
-                                    types=dict(gw_ptr="*" + configs.TL_NAMES[acc_torch]), **common),
+                    configs.AotSpec(_patch_project_kernel, "compressed_patch_embed", name, **common),
+                    configs.AotSpec(_patch_grad_input_kernel, "compressed_patch_embed", name,
+                                    types=dict(gx_ptr=grad), **common),
+                    configs.AotSpec(_patch_grad_weight_kernel, "compressed_patch_embed", name,
+                                    types=dict(gw_ptr=grad), **common),
                 ]
     return specs

@@ -102,9 +102,8 @@ GPU = {
     "philox": {1: _launch(4, 1, BLOCK=1024)},
 }
 
-# 4- and 8-byte operands (float32, float64) hold 2-4x the registers and shared memory of a 16-bit tile:
-# smaller tiles for the kernels that keep whole head-dim rows (chunk attention) or 3-D GEMM tiles.
-GPU_WIDE = {
+# float32 with tf32: 4-byte operands hold twice the registers and shared memory of a 16-bit tile.
+GPU_TF32 = {
     "chunk_attention_fwd": {
         32: _launch(8, 2, BLOCK_M=64, BLOCK_N=64),
         64: _launch(8, 2, BLOCK_M=64, BLOCK_N=32),
@@ -124,8 +123,48 @@ GPU_WIDE = {
         256: _launch(8, 1, BLOCK_M=32, BLOCK_N=32),
     },
 }
-# float64 additionally runs the 3-D GEMM tiles smaller (DMMA steps are 8x8x4).
+# float32 ieee (torch's default, TF32 off) runs tl.dot on FMA units, which hold whole head-dim rows
+# of both operands per thread: the tiles shrink with the head dim. No tensor cores in this mode.
+GPU_IEEE = {
+    "chunk_attention_fwd": {
+        32: _launch(8, 2, BLOCK_M=64, BLOCK_N=64),
+        64: _launch(8, 2, BLOCK_M=64, BLOCK_N=32),
+        128: _launch(4, 1, BLOCK_M=32, BLOCK_N=16),
+        256: _launch(4, 1, BLOCK_M=16, BLOCK_N=16),
+    },
+    "chunk_attention_dkdv": {
+        32: _launch(8, 2, BLOCK_M=64, BLOCK_N=64),
+        64: _launch(8, 1, BLOCK_M=32, BLOCK_N=32),
+        128: _launch(4, 1, BLOCK_M=16, BLOCK_N=32),
+        256: _launch(4, 1, BLOCK_M=16, BLOCK_N=16),
+    },
+    "chunk_attention_dq": {
+        32: _launch(8, 2, BLOCK_M=64, BLOCK_N=64),
+        64: _launch(8, 2, BLOCK_M=64, BLOCK_N=32),
+        128: _launch(4, 1, BLOCK_M=32, BLOCK_N=16),
+        256: _launch(4, 1, BLOCK_M=16, BLOCK_N=16),
+    },
+}
+# float64 (DMMA, 8-byte operands): the smallest tiles.
 GPU_FP64 = {
+    "chunk_attention_fwd": {
+        32: _launch(8, 2, BLOCK_M=64, BLOCK_N=32),
+        64: _launch(8, 2, BLOCK_M=64, BLOCK_N=32),
+        128: _launch(8, 1, BLOCK_M=32, BLOCK_N=32),
+        256: _launch(8, 1, BLOCK_M=32, BLOCK_N=32),
+    },
+    "chunk_attention_dkdv": {
+        32: _launch(8, 2, BLOCK_M=32, BLOCK_N=64),
+        64: _launch(8, 1, BLOCK_M=32, BLOCK_N=32),
+        128: _launch(8, 1, BLOCK_M=16, BLOCK_N=32),
+        256: _launch(8, 1, BLOCK_M=16, BLOCK_N=16),
+    },
+    "chunk_attention_dq": {
+        32: _launch(8, 2, BLOCK_M=64, BLOCK_N=32),
+        64: _launch(8, 1, BLOCK_M=32, BLOCK_N=32),
+        128: _launch(8, 1, BLOCK_M=32, BLOCK_N=16),
+        256: _launch(8, 1, BLOCK_M=16, BLOCK_N=16),
+    },
     "best_partner": {1: _launch(8, 2, BLOCK_A=64, BLOCK_B=64, BLOCK_C=32)},
     "patch_project": {1: _launch(8, 2, BLOCK_M=64, BLOCK_D=64, BLOCK_K=32)},
 }
@@ -147,20 +186,25 @@ def gpu_key(table: dict, size: int) -> int:
     return min(fitting) if fitting else max(table)
 
 
-def gpu_table(kernel: str, dtype: torch.dtype | None = None) -> dict:
-    """The GPU table of `kernel` for inputs of `dtype` (float32 / float64 may have their own)."""
-    if dtype == torch.float64 and kernel in GPU_FP64:
-        return GPU_FP64[kernel]
-    if dtype in (torch.float32, torch.float64) and kernel in GPU_WIDE:
-        return GPU_WIDE[kernel]
-    return GPU[kernel]
+def gpu_table(kernel: str, dtype: torch.dtype | None = None, precision: str = "ieee") -> dict:
+    """The GPU table of `kernel` for inputs of `dtype` and tl.dot `precision` (float32 / float64 may
+    have their own; 16-bit inputs and the kernels without an entry there use GPU)."""
+    if dtype == torch.float64:
+        override = GPU_FP64
+    elif dtype == torch.float32:
+        override = GPU_TF32 if precision == "tf32" else GPU_IEEE
+    else:
+        override = {}
+    return override.get(kernel, GPU[kernel])
 
 
 def launch(kernel: str, size: int, device, dtype: torch.dtype | None = None) -> Launch:
-    """The launch configuration of `kernel` for a problem of `size` (see GPU's keys) on `device`."""
+    """The launch configuration of `kernel` for a problem of `size` (see GPU's keys) on `device`
+    with inputs of `dtype` (their tl.dot precision follows torch's TF32 flag, see dot_precision)."""
     if not on_gpu(device):
         return INTERPRETER[kernel]
-    table = gpu_table(kernel, dtype)
+    precision = dot_precision(dtype, device) if dtype is not None else "ieee"
+    table = gpu_table(kernel, dtype, precision)
     return table[gpu_key(table, size)]
 
 

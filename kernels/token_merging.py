@@ -169,8 +169,8 @@ def aot_specs():
     for dtype in configs.DTYPES:
         name, (acc_torch, acc_tl) = configs.TL_NAMES[dtype], configs.accumulator(dtype)
         acc_name = configs.TL_NAMES[acc_torch]
-        for config in configs.gpu_table("best_partner", dtype).values():
-            for precision, suffix in configs.gemm_variants(dtype):
+        for precision, suffix in configs.gemm_variants(dtype):
+            for config in configs.gpu_table("best_partner", dtype, precision).values():
                 specs.append(configs.AotSpec(
                     _best_partner_kernel, "token_merging", name, config,
                     dict(config.blocks, ACC_DTYPE=acc_tl, DOT=precision, OPERAND=configs.dot_operand(dtype, "cuda")),
