@@ -120,12 +120,16 @@ def test_interpreter_keeps_small_tiles_and_gpu_takes_hopper_tiles(monkeypatch):
 
 def test_dot_precision_follows_torch_tf32_flag(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
-    assert configs.dot_precision(torch.float32, "cuda") == "tf32"
-    assert configs.dot_precision(torch.float64, "cuda") == "ieee"
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    assert configs.dot_precision(torch.float32, "cuda") == "ieee"
-    assert configs.dot_precision(torch.float32, "cpu") == "ieee"
+    matmul, before = torch.backends.cuda.matmul, torch.backends.cuda.matmul.allow_tf32
+    try:
+        matmul.allow_tf32 = True
+        assert configs.dot_precision(torch.float32, "cuda") == "tf32"
+        assert configs.dot_precision(torch.float64, "cuda") == "ieee"
+        assert configs.dot_precision(torch.float32, "cpu") == "ieee"
+        matmul.allow_tf32 = False
+        assert configs.dot_precision(torch.float32, "cuda") == "ieee"
+    finally:
+        matmul.allow_tf32 = before
     # bfloat16 enters tl.dot as bfloat16 on a GPU; the interpreter widens it (it cannot multiply bf16).
     assert configs.dot_operand(torch.bfloat16, "cuda") == triton.language.bfloat16
     monkeypatch.setenv("TRITON_INTERPRET", "1")
