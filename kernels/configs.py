@@ -70,7 +70,7 @@ GPU = {
         32: _launch(8, 3, BLOCK_M=128, BLOCK_N=64),
         64: _launch(8, 3, BLOCK_M=128, BLOCK_N=64),
         128: _launch(8, 3, BLOCK_M=128, BLOCK_N=64),
-        256: _launch(8, 1, BLOCK_M=64, BLOCK_N=64),
+        256: _launch(8, 1, BLOCK_M=64, BLOCK_N=32),
     },
     "chunk_attention_dkdv": {
         32: _launch(8, 2, BLOCK_M=64, BLOCK_N=64),
@@ -93,7 +93,7 @@ GPU = {
     "copy_rows": {1: _launch(8, 2, BLOCK_ROWS=16, BLOCK_D=128)},
     "perturbed_topk": {1: _launch(8, 2, BLOCK_I=128, BLOCK_J=64)},
     # key: row length (BLOCK_L = next power of two); longer rows are rejected on GPUs
-    "gumbel_topk": {1024: _launch(4, 1), 4096: _launch(8, 1), 16384: _launch(16, 1)},
+    "gumbel_topk": {1024: _launch(4, 1), 4096: _launch(8, 1)},
     # key: map width (BLOCK_W)
     "summed_area": {128: _launch(8, 1, BLOCK_R=16)},
     "anchor_mean": {1: _launch(4, 1, BLOCK_G=128)},
@@ -119,7 +119,7 @@ GPU_TF32 = {
     "chunk_attention_dq": {
         32: _launch(8, 2, BLOCK_M=64, BLOCK_N=64),
         64: _launch(8, 2, BLOCK_M=64, BLOCK_N=32),
-        128: _launch(8, 1, BLOCK_M=64, BLOCK_N=32),
+        128: _launch(8, 1, BLOCK_M=32, BLOCK_N=32),
         256: _launch(8, 1, BLOCK_M=32, BLOCK_N=32),
     },
 }
@@ -134,21 +134,22 @@ GPU_IEEE = {
     },
     "chunk_attention_dkdv": {
         32: _launch(8, 2, BLOCK_M=64, BLOCK_N=64),
-        64: _launch(8, 1, BLOCK_M=32, BLOCK_N=32),
-        128: _launch(4, 1, BLOCK_M=16, BLOCK_N=32),
-        256: _launch(4, 1, BLOCK_M=16, BLOCK_N=16),
+        64: _launch(4, 1, BLOCK_M=16, BLOCK_N=32),
+        128: _launch(4, 1, BLOCK_M=16, BLOCK_N=16),
+        256: _launch(8, 1, BLOCK_M=16, BLOCK_N=16),
     },
     "chunk_attention_dq": {
         32: _launch(8, 2, BLOCK_M=64, BLOCK_N=64),
         64: _launch(8, 2, BLOCK_M=64, BLOCK_N=32),
         128: _launch(4, 1, BLOCK_M=32, BLOCK_N=16),
-        256: _launch(4, 1, BLOCK_M=16, BLOCK_N=16),
+        256: _launch(2, 1, BLOCK_M=16, BLOCK_N=16),
     },
+    "best_partner": {1: _launch(8, 2, BLOCK_A=64, BLOCK_B=64, BLOCK_C=32)},
 }
 # float64 (DMMA, 8-byte operands): the smallest tiles.
 GPU_FP64 = {
     "chunk_attention_fwd": {
-        32: _launch(8, 2, BLOCK_M=64, BLOCK_N=32),
+        32: _launch(8, 1, BLOCK_M=32, BLOCK_N=32),
         64: _launch(8, 2, BLOCK_M=64, BLOCK_N=32),
         128: _launch(8, 1, BLOCK_M=32, BLOCK_N=32),
         256: _launch(8, 1, BLOCK_M=32, BLOCK_N=32),
