@@ -203,7 +203,7 @@ def _demangle(mangled: str) -> tuple[str, str]:
         full = subprocess.run(["c++filt", mangled], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return mangled, "-"
-    head = full.split("(")[0]
+    head = full.replace("(anonymous namespace)::", "").split("(")[0]
     template = re.search(r"<([^<>,]+)", head)
     name = re.sub(r"<.*", "", head).split("::")[-1]
     dtype = _CXX_DTYPES.get(template.group(1).strip(), template.group(1).strip()) if template else "-"
