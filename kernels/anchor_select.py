@@ -5,32 +5,39 @@
   anchor gather      out[f, i, j] = sum_g w[f, g] x[f, top_g + i, left_g + j] (zero weights skipped)
   gather backward    grad_x by the same covering-anchor gather; grad_w[f, g] = <grad[f], x[f, window g]>
 
-No (F, G, h, w, D) tensor is formed. The score map of a frame must fit one tile (H, W <= 128).
+No (F, G, h, w, D) tensor is formed. A score-map row must fit one tile (W <= 128); the table walks
+the map in tiles of BLOCK_R rows. Offsets are int64 (frames x pixels x features can pass 2**31).
 """
 
 import torch
 import triton
 import triton.language as tl
 
-BLOCK_G, BLOCK_P, BLOCK_D, BLOCK_DOT = 32, 16, 64, 256
+from vidsel.kernels import configs
+
 MAX_MAP_SIDE = 128
 
 
 @triton.jit
-def _summed_area_kernel(s_ptr, sat_ptr, H, W, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
-    frame = tl.program_id(0)
-    p = tl.arange(0, BLOCK_H)
+def _summed_area_kernel(s_ptr, sat_ptr, H, W, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr):
+    """Row tiles of BLOCK_R rows: row cumsums, then column cumsums plus the carried column totals."""
+    frame = tl.program_id(0).to(tl.int64)
     q = tl.arange(0, BLOCK_W)
-    mask = (p < H)[:, None] & (q < W)[None, :]
-    s = tl.load(s_ptr + frame * H * W + p[:, None] * W + q[None, :], mask=mask, other=0.0).to(tl.float64)
-    sat = tl.cumsum(tl.cumsum(s, axis=1), axis=0)
-    # sat buffer is (H + 1, W + 1) with a zero first row and column: sat[p + 1, q + 1] = sum s[:p+1, :q+1]
-    tl.store(sat_ptr + frame * (H + 1) * (W + 1) + (p[:, None] + 1) * (W + 1) + q[None, :] + 1, sat, mask=mask)
+    carry = tl.zeros([BLOCK_W], dtype=tl.float64)
+    for r0 in range(0, H, BLOCK_R):
+        p = r0 + tl.arange(0, BLOCK_R)
+        mask = (p < H)[:, None] & (q < W)[None, :]
+        s = tl.load(s_ptr + frame * H * W + p[:, None] * W + q[None, :], mask=mask, other=0.0).to(tl.float64)
+        row_sums = tl.cumsum(s, axis=1)
+        sat = tl.cumsum(row_sums, axis=0) + carry[None, :]
+        # sat buffer is (H + 1, W + 1) with a zero first row and column: sat[p + 1, q + 1] = sum s[:p+1, :q+1]
+        tl.store(sat_ptr + frame * (H + 1) * (W + 1) + (p[:, None] + 1) * (W + 1) + q[None, :] + 1, sat, mask=mask)
+        carry += tl.sum(row_sums, axis=0)
 
 
 @triton.jit
 def _anchor_mean_kernel(sat_ptr, out_ptr, H, W, AH, AW, SH, SW, COLS, G, BLOCK_G: tl.constexpr):
-    frame = tl.program_id(0)
+    frame = tl.program_id(0).to(tl.int64)
     g = tl.program_id(1) * BLOCK_G + tl.arange(0, BLOCK_G)
     mask = g < G
     top, left = (g // COLS) * SH, (g % COLS) * SW
@@ -59,7 +66,7 @@ def _covering_anchor(p, q, dy, dx, AH, AW, SH, SW, ROWS, COLS):
 def _anchor_scores_backward_kernel(
     grad_ptr, out_ptr, H, W, AH, AW, SH, SW, ROWS, COLS, COVER_H, COVER_W, BLOCK_P: tl.constexpr
 ):
-    frame = tl.program_id(0)
+    frame = tl.program_id(0).to(tl.int64)
     pixel = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
     mask = pixel < H * W
     p, q = pixel // W, pixel % W
@@ -78,7 +85,7 @@ def _anchor_gather_kernel(
     ACC_DTYPE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     blocks = tl.cdiv(AH * AW, BLOCK_P)
-    frame = tl.program_id(0) // blocks
+    frame = (tl.program_id(0) // blocks).to(tl.int64)
     pos = (tl.program_id(0) % blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
     feats = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask = (pos < AH * AW)[:, None] & (feats < D)[None, :]
@@ -100,7 +107,7 @@ def _anchor_grad_x_kernel(
     ACC_DTYPE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     blocks = tl.cdiv(H * W, BLOCK_P)
-    frame = tl.program_id(0) // blocks
+    frame = (tl.program_id(0) // blocks).to(tl.int64)
     pixel = (tl.program_id(0) % blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
     feats = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     pixel_mask = pixel < H * W
@@ -126,7 +133,7 @@ def _anchor_grad_w_kernel(
     grad_ptr, x_ptr, out_ptr, H, W, D, AH, AW, SH, SW, COLS,
     ACC_DTYPE: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    frame = tl.program_id(0)
+    frame = tl.program_id(0).to(tl.int64)
     g = tl.program_id(1)
     G = tl.num_programs(1)
     top, left = (g // COLS) * SH, (g % COLS) * SW
@@ -143,8 +150,7 @@ def _anchor_grad_w_kernel(
     tl.store(out_ptr + frame * G + g, tl.sum(acc, axis=0))
 
 
-def _acc_dtype(dtype):
-    return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
+_acc_dtype = configs.accumulator
 
 
 def _grid_shape(height, width, ah, aw, sh, sw):
@@ -154,17 +160,19 @@ def _grid_shape(height, width, ah, aw, sh, sw):
 def anchor_scores(scores, ah: int, aw: int, sh: int, sw: int):
     """scores (F, H, W) -> (F, G) anchor means, summed-area table in float64."""
     frames, height, width = scores.shape
-    if height > MAX_MAP_SIDE or width > MAX_MAP_SIDE:
-        raise ValueError(f"triton anchor_scores handles maps up to {MAX_MAP_SIDE}x{MAX_MAP_SIDE}, got {height}x{width}")
+    if width > MAX_MAP_SIDE:
+        raise ValueError(f"triton anchor_scores handles score maps up to {MAX_MAP_SIDE} wide, got width {width}")
     scores = scores.contiguous()
     rows, cols = _grid_shape(height, width, ah, aw, sh, sw)
     sat = torch.zeros(frames, height + 1, width + 1, dtype=torch.float64, device=scores.device)
     out = torch.empty(frames, rows * cols, dtype=scores.dtype, device=scores.device)
     if frames:
-        _summed_area_kernel[(frames,)](scores, sat, height, width, BLOCK_H=triton.next_power_of_2(height),
-                                       BLOCK_W=triton.next_power_of_2(width))
-        _anchor_mean_kernel[(frames, triton.cdiv(rows * cols, BLOCK_G))](
-            sat, out, height, width, ah, aw, sh, sw, cols, rows * cols, BLOCK_G=BLOCK_G)
+        block_w = triton.next_power_of_2(width)
+        _summed_area_kernel[(frames,)](scores, sat, height, width, BLOCK_W=block_w,
+                                       **configs.launch("summed_area", block_w, scores.device).kwargs())
+        mean = configs.launch("anchor_mean", 1, scores.device)
+        _anchor_mean_kernel[(frames, triton.cdiv(rows * cols, mean["BLOCK_G"]))](
+            sat, out, height, width, ah, aw, sh, sw, cols, rows * cols, **mean.kwargs())
     return out
 
 
@@ -174,9 +182,10 @@ def anchor_scores_backward(grad, height: int, width: int, ah: int, aw: int, sh: 
     rows, cols = _grid_shape(height, width, ah, aw, sh, sw)
     out = torch.empty(grad.shape[0], height, width, dtype=grad.dtype, device=grad.device)
     if grad.shape[0]:
-        grid = (grad.shape[0], triton.cdiv(height * width, BLOCK_P))
+        block_p = configs.launch("anchor_pixels", 1, grad.device)["BLOCK_P"]
+        grid = (grad.shape[0], triton.cdiv(height * width, block_p))
         _anchor_scores_backward_kernel[grid](grad, out, height, width, ah, aw, sh, sw, rows, cols,
-                                             triton.cdiv(ah, sh), triton.cdiv(aw, sw), BLOCK_P=BLOCK_P)
+                                             triton.cdiv(ah, sh), triton.cdiv(aw, sw), BLOCK_P=block_p)
     return out
 
 
@@ -189,9 +198,10 @@ def anchor_gather(x, weights, ah: int, aw: int, sh: int, sw: int):
     weights = weights.to(acc_torch).contiguous()
     out = torch.empty(frames, ah, aw, dim, dtype=x.dtype, device=x.device)
     if out.numel():
-        grid = (frames * triton.cdiv(ah * aw, BLOCK_P), triton.cdiv(dim, BLOCK_D))
+        config = configs.launch("anchor_pixels", dim, x.device)
+        grid = (frames * triton.cdiv(ah * aw, config["BLOCK_P"]), triton.cdiv(dim, config["BLOCK_D"]))
         _anchor_gather_kernel[grid](x, weights, out, height, width, dim, ah, aw, sh, sw, cols, rows * cols,
-                                    ACC_DTYPE=acc_tl, BLOCK_P=BLOCK_P, BLOCK_D=BLOCK_D)
+                                    ACC_DTYPE=acc_tl, **config.kwargs())
     return out
 
 
@@ -206,14 +216,43 @@ def anchor_gather_backward(grad, x, weights, sh: int, sw: int, need_grad_x: bool
     if need_grad_x:
         grad_x = torch.empty_like(x)
         if grad_x.numel():
-            grid = (frames * triton.cdiv(height * width, BLOCK_P), triton.cdiv(dim, BLOCK_D))
+            config = configs.launch("anchor_pixels", dim, x.device)
+            grid = (frames * triton.cdiv(height * width, config["BLOCK_P"]), triton.cdiv(dim, config["BLOCK_D"]))
             _anchor_grad_x_kernel[grid](grad, weights.to(acc_torch).contiguous(), grad_x, height, width, dim, ah, aw,
                                         sh, sw, rows, cols, triton.cdiv(ah, sh), triton.cdiv(aw, sw),
-                                        ACC_DTYPE=acc_tl, BLOCK_P=BLOCK_P, BLOCK_D=BLOCK_D)
+                                        ACC_DTYPE=acc_tl, **config.kwargs())
     if need_grad_weights:
         grad_w = torch.empty(frames, rows * cols, dtype=acc_torch, device=x.device)
         if frames:
             _anchor_grad_w_kernel[(frames, rows * cols)](grad, x, grad_w, height, width, dim, ah, aw, sh, sw, cols,
-                                                         ACC_DTYPE=acc_tl, BLOCK=BLOCK_DOT)
+                                                         ACC_DTYPE=acc_tl,
+                                                         **configs.launch("anchor_dot", 1, x.device).kwargs())
         grad_w = grad_w.to(weights.dtype)
     return grad_x, grad_w
+
+
+def aot_specs():
+    """GPU launches of every kernel in every dtype (summed-area table at the widest map row)."""
+    sat = configs.GPU["summed_area"][MAX_MAP_SIDE]
+    mean, dot = configs.GPU["anchor_mean"][1], configs.GPU["anchor_dot"][1]
+    pixels = configs.GPU["anchor_pixels"][max(configs.GPU["anchor_pixels"])]
+    specs = []
+    for dtype in configs.DTYPES:
+        name, acc = configs.TL_NAMES[dtype], configs.accumulator(dtype)
+        acc_name = configs.TL_NAMES[acc[0]]
+        tiles = dict(BLOCK_P=pixels["BLOCK_P"], BLOCK_D=pixels["BLOCK_D"], ACC_DTYPE=acc[1])
+        specs += [
+            configs.AotSpec(_summed_area_kernel, "anchor_select", name, sat,
+                            dict(BLOCK_R=sat["BLOCK_R"], BLOCK_W=MAX_MAP_SIDE), types=dict(sat_ptr="*fp64"), data=name),
+            configs.AotSpec(_anchor_mean_kernel, "anchor_select", name, mean, dict(BLOCK_G=mean["BLOCK_G"]),
+                            types=dict(sat_ptr="*fp64"), data=name),
+            configs.AotSpec(_anchor_scores_backward_kernel, "anchor_select", name, pixels,
+                            dict(BLOCK_P=pixels["BLOCK_P"]), data=name),
+            configs.AotSpec(_anchor_gather_kernel, "anchor_select", name, pixels, tiles,
+                            types=dict(w_ptr="*" + acc_name), data=name, aligned=("D",)),
+            configs.AotSpec(_anchor_grad_x_kernel, "anchor_select", name, pixels, tiles,
+                            types=dict(w_ptr="*" + acc_name), data=name, aligned=("D",)),
+            configs.AotSpec(_anchor_grad_w_kernel, "anchor_select", name, dot,
+                            dict(ACC_DTYPE=acc[1], BLOCK=dot["BLOCK"]), types=dict(out_ptr="*" + acc_name), data=name),
+        ]
+    return specs

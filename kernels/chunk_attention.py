@@ -6,20 +6,25 @@ block, so tiles above the chunk diagonal are never loaded; online softmax; the l
 Backward: recomputes the probabilities from the logsumexp. One kernel per key block accumulates dK, dV
 and the per-head key-bias gradient, starting at the first query block that can see the key block; one
 kernel per query block accumulates dQ over its visible keys.
+Operands enter tl.dot in the input dtype (float16 / bfloat16 on tensor cores; P and dS are rounded
+to it, as in FlashAttention) with float32 accumulation; float32 uses tf32 or ieee per
+kernels/configs.py, float64 ieee. The scale enters as a tensor of the accumulator dtype (a Python
+float would be float32 in a compiled kernel); offsets are int64. The head dim is a compile-time
+constant (row strides known, so tile loads vectorise for any head dim).
 """
 
 import torch
 import triton
 import triton.language as tl
 
-BLOCK_M, BLOCK_N = 16, 16
+from vidsel.kernels import configs
 
 
 @triton.jit
-def _load_tile(ptr, first_row, rows, row_ok, dims, dim_ok, DIM, ACC: tl.constexpr):
-    """Rows `rows` of a row-major (.., DIM) matrix starting at row first_row, zero outside, in ACC."""
+def _load_tile(ptr, first_row, rows, row_ok, dims, dim_ok, DIM: tl.constexpr, DTYPE: tl.constexpr):
+    """Rows `rows` of a row-major (.., DIM) matrix starting at (int64) row first_row, zero outside, in DTYPE."""
     offsets = (first_row + rows)[:, None] * DIM + dims[None, :]
-    return tl.load(ptr + offsets, mask=row_ok[:, None] & dim_ok[None, :], other=0.0).to(ACC)
+    return tl.load(ptr + offsets, mask=row_ok[:, None] & dim_ok[None, :], other=0.0).to(DTYPE)
 
 
 @triton.jit
@@ -35,15 +40,17 @@ def _load_key_bias(bias_ptr, bh, HEADS, LK, cols, col_ok, HAS_BIAS: tl.constexpr
 @triton.jit
 def _chunk_attention_kernel(
     q_ptr, k_ptr, v_ptr, bias_ptr, key_end_ptr, out_ptr, lse_ptr,
-    HEADS, LQ, LK, DIM, scale,
-    HAS_BIAS: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    HEADS, LQ, LK, DIM: tl.constexpr, scale_ptr,
+    HAS_BIAS: tl.constexpr, ACC: tl.constexpr, OPERAND: tl.constexpr, DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    bh = tl.program_id(0)
+    bh = tl.program_id(0).to(tl.int64)
+    scale = tl.load(scale_ptr)
     rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
     row_ok = rows < LQ
     dim_ok = dims < DIM
-    q = _load_tile(q_ptr, bh * LQ, rows, row_ok, dims, dim_ok, DIM, ACC)
+    q = _load_tile(q_ptr, bh * LQ, rows, row_ok, dims, dim_ok, DIM, OPERAND)
     ends = tl.load(key_end_ptr + rows, mask=row_ok, other=0)
     key_stop = tl.max(ends, axis=0)
     row_max = tl.full([BLOCK_M], float("-inf"), ACC)
@@ -52,8 +59,8 @@ def _chunk_attention_kernel(
     for j0 in range(0, key_stop, BLOCK_N):
         cols = j0 + tl.arange(0, BLOCK_N)
         col_ok = cols < LK
-        k = _load_tile(k_ptr, bh * LK, cols, col_ok, dims, dim_ok, DIM, ACC)
-        s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
+        k = _load_tile(k_ptr, bh * LK, cols, col_ok, dims, dim_ok, DIM, OPERAND)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT, out_dtype=ACC) * scale
         if HAS_BIAS:
             s += _load_key_bias(bias_ptr, bh, HEADS, LK, cols, col_ok, HAS_BIAS, ACC, BLOCK_N)[None, :]
         s = tl.where(cols[None, :] < ends[:, None], s, float("-inf"))
@@ -62,8 +69,8 @@ def _chunk_attention_kernel(
         p = tl.exp(s - shift[:, None])
         rescale = tl.exp(row_max - shift)
         row_sum = row_sum * rescale + tl.sum(p, axis=1)
-        v = _load_tile(v_ptr, bh * LK, cols, col_ok, dims, dim_ok, DIM, ACC)
-        acc = acc * rescale[:, None] + tl.dot(p, v, input_precision="ieee")
+        v = _load_tile(v_ptr, bh * LK, cols, col_ok, dims, dim_ok, DIM, OPERAND)
+        acc = acc * rescale[:, None] + tl.dot(p.to(OPERAND), v, input_precision=DOT, out_dtype=ACC)
         row_max = new_max
     safe_sum = tl.where(row_ok, row_sum, 1.0)
     out = acc / safe_sum[:, None]
@@ -73,12 +80,12 @@ def _chunk_attention_kernel(
 
 
 @triton.jit
-def _probs_and_dscores(q, k, v, do, lse, delta, bias, cols, ends, scale):
-    """P (BLOCK_M, BLOCK_N) from the saved logsumexp and dS = P * (dO v^T - delta)."""
-    s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale + bias[None, :]
+def _probs_and_dscores(q, k, v, do, lse, delta, bias, cols, ends, scale, ACC: tl.constexpr, DOT: tl.constexpr):
+    """P (BLOCK_M, BLOCK_N) from the saved logsumexp and dS = P * (dO v^T - delta), both in ACC."""
+    s = tl.dot(q, tl.trans(k), input_precision=DOT, out_dtype=ACC) * scale + bias[None, :]
     visible = cols[None, :] < ends[:, None]
     p = tl.where(visible, tl.exp(s - lse[:, None]), 0.0)
-    dp = tl.dot(do, tl.trans(v), input_precision="ieee")
+    dp = tl.dot(do, tl.trans(v), input_precision=DOT, out_dtype=ACC)
     return p, p * (dp - delta[:, None])
 
 
@@ -86,18 +93,20 @@ def _probs_and_dscores(q, k, v, do, lse, delta, bias, cols, ends, scale):
 def _chunk_attention_dkdv_kernel(
     q_ptr, k_ptr, v_ptr, bias_ptr, key_end_ptr, first_row_ptr, do_ptr, lse_ptr, delta_ptr,
     dk_ptr, dv_ptr, dbias_ptr,
-    HEADS, LQ, LK, DIM, scale,
-    HAS_BIAS: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    HEADS, LQ, LK, DIM: tl.constexpr, scale_ptr,
+    HAS_BIAS: tl.constexpr, ACC: tl.constexpr, OPERAND: tl.constexpr, DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    bh = tl.program_id(0)
+    bh = tl.program_id(0).to(tl.int64)
+    scale = tl.load(scale_ptr)
     j0 = tl.program_id(1) * BLOCK_N
     cols = j0 + tl.arange(0, BLOCK_N)
     dims = tl.arange(0, BLOCK_D)
     col_ok = cols < LK
     dim_ok = dims < DIM
     kv_mask = col_ok[:, None] & dim_ok[None, :]
-    k = _load_tile(k_ptr, bh * LK, cols, col_ok, dims, dim_ok, DIM, ACC)
-    v = _load_tile(v_ptr, bh * LK, cols, col_ok, dims, dim_ok, DIM, ACC)
+    k = _load_tile(k_ptr, bh * LK, cols, col_ok, dims, dim_ok, DIM, OPERAND)
+    v = _load_tile(v_ptr, bh * LK, cols, col_ok, dims, dim_ok, DIM, OPERAND)
     bias = _load_key_bias(bias_ptr, bh, HEADS, LK, cols, col_ok, HAS_BIAS, ACC, BLOCK_N)
     dk = tl.zeros([BLOCK_N, BLOCK_D], ACC)
     dv = tl.zeros([BLOCK_N, BLOCK_D], ACC)
@@ -107,14 +116,14 @@ def _chunk_attention_dkdv_kernel(
     for i0 in range((first_row // BLOCK_M) * BLOCK_M, LQ, BLOCK_M):
         rows = i0 + tl.arange(0, BLOCK_M)
         row_ok = rows < LQ
-        q = _load_tile(q_ptr, bh * LQ, rows, row_ok, dims, dim_ok, DIM, ACC)
-        do = _load_tile(do_ptr, bh * LQ, rows, row_ok, dims, dim_ok, DIM, ACC)
+        q = _load_tile(q_ptr, bh * LQ, rows, row_ok, dims, dim_ok, DIM, OPERAND)
+        do = _load_tile(do_ptr, bh * LQ, rows, row_ok, dims, dim_ok, DIM, OPERAND)
         lse = tl.load(lse_ptr + bh * LQ + rows, mask=row_ok, other=0.0)
         delta = tl.load(delta_ptr + bh * LQ + rows, mask=row_ok, other=0.0)
         ends = tl.load(key_end_ptr + rows, mask=row_ok, other=0)
-        p, ds = _probs_and_dscores(q, k, v, do, lse, delta, bias, cols, ends, scale)
-        dv += tl.dot(tl.trans(p), do, input_precision="ieee")
-        dk += tl.dot(tl.trans(ds), q, input_precision="ieee") * scale
+        p, ds = _probs_and_dscores(q, k, v, do, lse, delta, bias, cols, ends, scale, ACC, DOT)
+        dv += tl.dot(tl.trans(p.to(OPERAND)), do, input_precision=DOT, out_dtype=ACC)
+        dk += tl.dot(tl.trans(ds.to(OPERAND)), q, input_precision=DOT, out_dtype=ACC) * scale
         dbias += tl.sum(ds, axis=0)
     tl.store(dk_ptr + (bh * LK + cols)[:, None] * DIM + dims[None, :], dk, mask=kv_mask)
     tl.store(dv_ptr + (bh * LK + cols)[:, None] * DIM + dims[None, :], dv, mask=kv_mask)
@@ -125,17 +134,19 @@ def _chunk_attention_dkdv_kernel(
 @triton.jit
 def _chunk_attention_dq_kernel(
     q_ptr, k_ptr, v_ptr, bias_ptr, key_end_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
-    HEADS, LQ, LK, DIM, scale,
-    HAS_BIAS: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    HEADS, LQ, LK, DIM: tl.constexpr, scale_ptr,
+    HAS_BIAS: tl.constexpr, ACC: tl.constexpr, OPERAND: tl.constexpr, DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    bh = tl.program_id(0)
+    bh = tl.program_id(0).to(tl.int64)
+    scale = tl.load(scale_ptr)
     rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
     row_ok = rows < LQ
     dim_ok = dims < DIM
     q_mask = row_ok[:, None] & dim_ok[None, :]
-    q = _load_tile(q_ptr, bh * LQ, rows, row_ok, dims, dim_ok, DIM, ACC)
-    do = _load_tile(do_ptr, bh * LQ, rows, row_ok, dims, dim_ok, DIM, ACC)
+    q = _load_tile(q_ptr, bh * LQ, rows, row_ok, dims, dim_ok, DIM, OPERAND)
+    do = _load_tile(do_ptr, bh * LQ, rows, row_ok, dims, dim_ok, DIM, OPERAND)
     lse = tl.load(lse_ptr + bh * LQ + rows, mask=row_ok, other=0.0)
     delta = tl.load(delta_ptr + bh * LQ + rows, mask=row_ok, other=0.0)
     ends = tl.load(key_end_ptr + rows, mask=row_ok, other=0)
@@ -144,16 +155,23 @@ def _chunk_attention_dq_kernel(
     for j0 in range(0, key_stop, BLOCK_N):
         cols = j0 + tl.arange(0, BLOCK_N)
         col_ok = cols < LK
-        k = _load_tile(k_ptr, bh * LK, cols, col_ok, dims, dim_ok, DIM, ACC)
-        v = _load_tile(v_ptr, bh * LK, cols, col_ok, dims, dim_ok, DIM, ACC)
+        k = _load_tile(k_ptr, bh * LK, cols, col_ok, dims, dim_ok, DIM, OPERAND)
+        v = _load_tile(v_ptr, bh * LK, cols, col_ok, dims, dim_ok, DIM, OPERAND)
         bias = _load_key_bias(bias_ptr, bh, HEADS, LK, cols, col_ok, HAS_BIAS, ACC, BLOCK_N)
-        _, ds = _probs_and_dscores(q, k, v, do, lse, delta, bias, cols, ends, scale)
-        dq += tl.dot(ds, k, input_precision="ieee") * scale
+        _, ds = _probs_and_dscores(q, k, v, do, lse, delta, bias, cols, ends, scale, ACC, DOT)
+        dq += tl.dot(ds.to(OPERAND), k, input_precision=DOT, out_dtype=ACC) * scale
     tl.store(dq_ptr + (bh * LQ + rows)[:, None] * DIM + dims[None, :], dq, mask=q_mask)
 
 
-def _acc_types(dtype):
-    return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
+_acc_types = configs.accumulator
+
+
+def _meta(q, kernel: str, has_bias: bool) -> dict:
+    """Constexpr arguments and launch options of one chunk attention kernel for q's dtype / head dim."""
+    block_d = _block_d(q.shape[-1])
+    return dict(HAS_BIAS=has_bias, ACC=_acc_types(q.dtype)[1], OPERAND=configs.dot_operand(q.dtype, q.device),
+                DOT=configs.dot_precision(q.dtype, q.device), BLOCK_D=block_d,
+                **configs.launch(kernel, block_d, q.device, q.dtype).kwargs())
 
 
 def _block_d(dim: int) -> int:
@@ -166,16 +184,16 @@ def chunk_attention(q, k, v, key_end, key_bias, scale: float):
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     batch, heads, lq, dim = q.shape
     lk = k.shape[2]
-    acc_torch, acc_tl = _acc_types(q.dtype)
-    key_end = key_end.to(torch.int32).contiguous()  # 32-bit offsets in the kernels
+    acc_torch = _acc_types(q.dtype)[0]
+    key_end = key_end.to(torch.int32).contiguous()  # positions < Lk fit int32; row offsets are int64
     out = torch.empty_like(q)
     lse = torch.empty(batch, heads, lq, dtype=acc_torch, device=q.device)
     bias = key_bias.contiguous() if key_bias is not None else q.new_empty(0)
     if out.numel():
-        grid = (batch * heads, triton.cdiv(lq, BLOCK_M))
+        meta = _meta(q, "chunk_attention_fwd", key_bias is not None)
+        grid = (batch * heads, triton.cdiv(lq, meta["BLOCK_M"]))
         _chunk_attention_kernel[grid](
-            q, k, v, bias, key_end, out, lse, heads, lq, lk, dim, scale,
-            HAS_BIAS=key_bias is not None, ACC=acc_tl, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=_block_d(dim),
+            q, k, v, bias, key_end, out, lse, heads, lq, lk, dim, configs.scalar(scale, acc_torch, q.device), **meta,
         )
     return out, lse
 
@@ -189,7 +207,7 @@ def chunk_attention_backward(grad_out, q, k, v, out, lse, key_end, first_row, ke
     q, k, v, grad_out = q.contiguous(), k.contiguous(), v.contiguous(), grad_out.contiguous()
     batch, heads, lq, dim = q.shape
     lk = k.shape[2]
-    acc_torch, acc_tl = _acc_types(q.dtype)
+    acc_torch = _acc_types(q.dtype)[0]
     key_end, first_row = key_end.to(torch.int32).contiguous(), first_row.to(torch.int32).contiguous()
     delta = (grad_out.to(acc_torch) * out.to(acc_torch)).sum(-1).contiguous()  # rowsum(P * dP) = <dO, O>
     lse = lse.to(acc_torch).contiguous()
@@ -199,13 +217,39 @@ def chunk_attention_backward(grad_out, q, k, v, out, lse, key_end, first_row, ke
     grad_v = torch.zeros(v.shape, dtype=acc_torch, device=q.device)
     grad_bias_heads = torch.zeros(batch, heads, lk, dtype=acc_torch, device=q.device)
     if q.numel():
-        meta = dict(HAS_BIAS=key_bias is not None, ACC=acc_tl, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=_block_d(dim))
-        _chunk_attention_dkdv_kernel[(batch * heads, triton.cdiv(lk, BLOCK_N))](
+        scale_t = configs.scalar(scale, acc_torch, q.device)
+        meta = _meta(q, "chunk_attention_dkdv", key_bias is not None)
+        _chunk_attention_dkdv_kernel[(batch * heads, triton.cdiv(lk, meta["BLOCK_N"]))](
             q, k, v, bias, key_end, first_row, grad_out, lse, delta, grad_k, grad_v, grad_bias_heads,
-            heads, lq, lk, dim, scale, **meta,
+            heads, lq, lk, dim, scale_t, **meta,
         )
-        _chunk_attention_dq_kernel[(batch * heads, triton.cdiv(lq, BLOCK_M))](
-            q, k, v, bias, key_end, grad_out, lse, delta, grad_q, heads, lq, lk, dim, scale, **meta,
+        meta = _meta(q, "chunk_attention_dq", key_bias is not None)
+        _chunk_attention_dq_kernel[(batch * heads, triton.cdiv(lq, meta["BLOCK_M"]))](
+            q, k, v, bias, key_end, grad_out, lse, delta, grad_q, heads, lq, lk, dim, scale_t, **meta,
         )
     grad_bias = grad_bias_heads.sum(1).to(key_bias.dtype) if bias_grad else q.new_empty(0)
     return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype), grad_bias
+
+
+def aot_specs():
+    """GPU launches of the three kernels: every dtype, dot precision and head-dim entry, with a key bias."""
+    kernels = (("chunk_attention_fwd", _chunk_attention_kernel), ("chunk_attention_dkdv", _chunk_attention_dkdv_kernel),
+               ("chunk_attention_dq", _chunk_attention_dq_kernel))
+    specs = []
+    for table, kernel in kernels:
+        for dtype in configs.DTYPES:
+            name, (acc_torch, acc_tl) = configs.TL_NAMES[dtype], configs.accumulator(dtype)
+            acc = "*" + configs.TL_NAMES[acc_torch]
+            types = dict(key_end_ptr="*i32", first_row_ptr="*i32", lse_ptr=acc, delta_ptr=acc, scale_ptr=acc,
+                         dk_ptr=acc, dv_ptr=acc, dbias_ptr=acc, dq_ptr=acc)
+            types = {arg: t for arg, t in types.items() if arg in kernel.arg_names}
+            for precision, suffix in configs.gemm_variants(dtype):
+                for block_d, config in configs.gpu_table(table, dtype, precision).items():
+                    for dim in (block_d, block_d * 3 // 4):  # a power of two, and a head dim padded to one
+                        constexprs = dict(config.blocks, HAS_BIAS=True, ACC=acc_tl, DOT=precision, DIM=dim,
+                                          OPERAND=configs.dot_operand(dtype, "cuda"), BLOCK_D=block_d)
+                        specs.append(configs.AotSpec(
+                            kernel, "chunk_attention", name, config, constexprs, types=types, data=name,
+                            variant=f"Dh={dim} {suffix}".strip(),
+                            tensor_cores=configs.requires_tensor_cores(dtype, precision)))
+    return specs

@@ -8,6 +8,8 @@ so the dense flow never exists. Audio (eq. 4) is the same kernel with 1×1 "patc
 Backward: the input gradient (G · W', scattered back with atomics into a float32/float64 buffer,
 because several cells may share a motion block) and the weight gradient (patch^T · G) are kernels too;
 the bias / positional-encoding gradients are plain sums.
+Operands enter tl.dot in the input dtype (float16 / bfloat16 on tensor cores, float32 as tf32 or
+ieee per kernels/configs.py) with float32 (float64) accumulation; element offsets are int64.
 """
 
 import math
@@ -16,12 +18,15 @@ import torch
 import triton
 import triton.language as tl
 
-BLOCK_M, BLOCK_D, BLOCK_K = 32, 32, 32
+from vidsel.kernels import configs
 
 
 @triton.jit
 def _patch_columns(rows, ks, N, GRID_W, CELLS, CELL, SCALE, PATCH, IN_H, IN_W, CHANNELS):
-    """Element offsets (rows × ks) of patch columns in the input (B*T frames of CHANNELS × IN_H × IN_W)."""
+    """Element offsets (rows × ks) of patch columns in the input (B*T frames of CHANNELS × IN_H × IN_W).
+
+    Index arithmetic stays int32 (rows and columns are far below 2**31); only the frame offset, the
+    product that can pass 2**31 elements, is int64."""
     frame = rows // N
     n = rows % N
     ph = n // GRID_W
@@ -31,21 +36,21 @@ def _patch_columns(rows, ks, N, GRID_W, CELLS, CELL, SCALE, PATCH, IN_H, IN_W, C
     cj = ks % CELLS
     y = (ph[:, None] * PATCH + ci[None, :] * CELL) // SCALE
     x = (pw[:, None] * PATCH + cj[None, :] * CELL) // SCALE
-    return frame[:, None] * (CHANNELS * IN_H * IN_W) + (ch[None, :] * IN_H + y) * IN_W + x
+    return frame.to(tl.int64)[:, None] * (CHANNELS * IN_H * IN_W) + ((ch[None, :] * IN_H + y) * IN_W + x)
 
 
 @triton.jit
 def _token_offsets(rows, N, T, BATCH_STRIDE, OFFSET):
-    """Row index (in units of D) of token row (b*T + t)*N + n of a tensor laid out (B, [modality], T, N, D):
+    """Row index (int64, in units of D) of token row (b*T + t)*N + n of a tensor laid out (B, [modality], T, N, D):
     BATCH_STRIDE / OFFSET are the batch stride and modality offset counted in token rows."""
     frame = rows // N
-    return (frame // T) * BATCH_STRIDE + OFFSET + ((frame % T) * N + rows % N)
+    return (frame // T).to(tl.int64) * BATCH_STRIDE + OFFSET + ((frame % T) * N + rows % N)
 
 
 @triton.jit
 def _patch_project_kernel(
     x_ptr, w_ptr, add_ptr, out_ptr, ROWS, N, T, D, K, GRID_W, CELLS, CELL, SCALE, PATCH, IN_H, IN_W, CHANNELS,
-    OUT_BATCH_STRIDE, OUT_OFFSET, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    OUT_BATCH_STRIDE, OUT_OFFSET, ACC: tl.constexpr, DOT: tl.constexpr, OPERAND: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -57,10 +62,10 @@ def _patch_project_kernel(
         ks = k0 + tl.arange(0, BLOCK_K)
         k_mask = ks < K
         src = _patch_columns(rows, ks, N, GRID_W, CELLS, CELL, SCALE, PATCH, IN_H, IN_W, CHANNELS)
-        a = tl.load(x_ptr + src, mask=row_mask[:, None] & k_mask[None, :], other=0.0).to(ACC)
+        a = tl.load(x_ptr + src, mask=row_mask[:, None] & k_mask[None, :], other=0.0).to(OPERAND)
         w = tl.load(w_ptr + ks[:, None] * D + feats[None, :], mask=k_mask[:, None] & feat_mask[None, :],
-                    other=0.0).to(ACC)
-        acc += tl.dot(a, w, input_precision="ieee")
+                    other=0.0).to(OPERAND)
+        acc += tl.dot(a, w, input_precision=DOT, out_dtype=ACC)
     mask = row_mask[:, None] & feat_mask[None, :]
     shift_rows = ((rows // N) % T) * N + rows % N
     acc += tl.load(add_ptr + shift_rows[:, None] * D + feats[None, :], mask=mask, other=0.0).to(ACC)
@@ -71,7 +76,7 @@ def _patch_project_kernel(
 @triton.jit
 def _patch_grad_input_kernel(
     grad_ptr, w_ptr, gx_ptr, ROWS, N, T, D, K, GRID_W, CELLS, CELL, SCALE, PATCH, IN_H, IN_W, CHANNELS,
-    G_BATCH_STRIDE, G_OFFSET, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    G_BATCH_STRIDE, G_OFFSET, ACC: tl.constexpr, DOT: tl.constexpr, OPERAND: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -84,10 +89,10 @@ def _patch_grad_input_kernel(
         feats = d0 + tl.arange(0, BLOCK_D)
         feat_mask = feats < D
         g = tl.load(grad_ptr + g_rows[:, None] * D + feats[None, :], mask=row_mask[:, None] & feat_mask[None, :],
-                    other=0.0).to(ACC)
+                    other=0.0).to(OPERAND)
         w = tl.load(w_ptr + ks[None, :] * D + feats[:, None], mask=feat_mask[:, None] & k_mask[None, :],
-                    other=0.0).to(ACC)
-        acc += tl.dot(g, w, input_precision="ieee")
+                    other=0.0).to(OPERAND)
+        acc += tl.dot(g, w, input_precision=DOT, out_dtype=ACC)
     src = _patch_columns(rows, ks, N, GRID_W, CELLS, CELL, SCALE, PATCH, IN_H, IN_W, CHANNELS)
     tl.atomic_add(gx_ptr + src, acc, mask=row_mask[:, None] & k_mask[None, :])
 
@@ -95,7 +100,7 @@ def _patch_grad_input_kernel(
 @triton.jit
 def _patch_grad_weight_kernel(
     grad_ptr, x_ptr, gw_ptr, ROWS, N, T, D, K, GRID_W, CELLS, CELL, SCALE, PATCH, IN_H, IN_W, CHANNELS,
-    G_BATCH_STRIDE, G_OFFSET, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    G_BATCH_STRIDE, G_OFFSET, ACC: tl.constexpr, DOT: tl.constexpr, OPERAND: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     ks = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -107,11 +112,11 @@ def _patch_grad_weight_kernel(
         rows = m0 + tl.arange(0, BLOCK_M)
         row_mask = rows < ROWS
         src = _patch_columns(rows, ks, N, GRID_W, CELLS, CELL, SCALE, PATCH, IN_H, IN_W, CHANNELS)
-        a = tl.load(x_ptr + src, mask=row_mask[:, None] & k_mask[None, :], other=0.0).to(ACC)
+        a = tl.load(x_ptr + src, mask=row_mask[:, None] & k_mask[None, :], other=0.0).to(OPERAND)
         g_rows = _token_offsets(rows, N, T, G_BATCH_STRIDE, G_OFFSET)
         g = tl.load(grad_ptr + g_rows[:, None] * D + feats[None, :], mask=row_mask[:, None] & feat_mask[None, :],
-                    other=0.0).to(ACC)
-        acc += tl.dot(tl.trans(a), g, input_precision="ieee")
+                    other=0.0).to(OPERAND)
+        acc += tl.dot(tl.trans(a), g, input_precision=DOT, out_dtype=ACC)
     tl.store(gw_ptr + ks[:, None] * D + feats[None, :], acc, mask=k_mask[:, None] & feat_mask[None, :])
 
 
@@ -138,8 +143,14 @@ def _audio_geometry(audio_feat):
     return _Geometry(audio_feat.view(*audio_feat.shape, 1, 1), 1, 1, 1)
 
 
-def _acc(dtype):
-    return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
+_acc = configs.accumulator
+
+
+def _meta(x, dim) -> dict:
+    """Constexpr arguments and launch options of the three kernels for input x and embedding dim."""
+    config = configs.launch("patch_project", dim, x.device, x.dtype)
+    return dict(ACC=_acc(x.dtype)[1], DOT=configs.dot_precision(x.dtype, x.device),
+                OPERAND=configs.dot_operand(x.dtype, x.device), **config.kwargs())
 
 
 def presum_weight(weight, geometry):
@@ -156,12 +167,12 @@ def expand_weight_grad(grad, geometry):
 
 
 def _project(x, geometry, weight2d, shift, out, batch_stride, offset):
-    acc_torch, acc_tl = _acc(x.dtype)
     rows, dim = geometry.frames_total * geometry.tokens, weight2d.shape[0]
     weight_kd = weight2d.t().contiguous()
-    grid = (triton.cdiv(rows, BLOCK_M), triton.cdiv(dim, BLOCK_D))
+    meta = _meta(x, dim)
+    grid = (triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(dim, meta["BLOCK_D"]))
     _patch_project_kernel[grid](x.contiguous(), weight_kd, shift.contiguous(), out, *geometry.args(dim),
-                                batch_stride, offset, ACC=acc_tl, BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, BLOCK_K=BLOCK_K)
+                                batch_stride, offset, **meta)
 
 
 def compressed_patch_embed(iframe, motion, residual, audio_feat, visual, audio, patch, expand_audio):
@@ -188,22 +199,21 @@ def compressed_patch_embed(iframe, motion, residual, audio_feat, visual, audio, 
 
 def _modality_backward(x, geometry, weight2d, grad, batch_stride, offset, need_input):
     """grad: contiguous (B, M, T, N, D) -> (grad_x or None, grad of weight2d (D, K)) for one modality."""
-    acc_torch, acc_tl = _acc(x.dtype)
+    acc_torch = _acc(x.dtype)[0]
     dim, depth = weight2d.shape
     rows = geometry.frames_total * geometry.tokens
     x = x.contiguous()
     weight_kd = weight2d.t().contiguous()
+    meta = _meta(x, dim)
     grad_x = None
     if need_input:
         grad_x = torch.zeros(x.shape, dtype=acc_torch, device=x.device)
-        grid = (triton.cdiv(rows, BLOCK_M), triton.cdiv(depth, BLOCK_K))
-        _patch_grad_input_kernel[grid](grad, weight_kd, grad_x, *geometry.args(dim), batch_stride, offset, ACC=acc_tl,
-                                       BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, BLOCK_K=BLOCK_K)
+        grid = (triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(depth, meta["BLOCK_K"]))
+        _patch_grad_input_kernel[grid](grad, weight_kd, grad_x, *geometry.args(dim), batch_stride, offset, **meta)
         grad_x = grad_x.to(x.dtype)
     grad_w = torch.empty(depth, dim, dtype=acc_torch, device=x.device)
-    grid = (triton.cdiv(depth, BLOCK_K), triton.cdiv(dim, BLOCK_D))
-    _patch_grad_weight_kernel[grid](grad, x, grad_w, *geometry.args(dim), batch_stride, offset, ACC=acc_tl,
-                                    BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, BLOCK_K=BLOCK_K)
+    grid = (triton.cdiv(depth, meta["BLOCK_K"]), triton.cdiv(dim, meta["BLOCK_D"]))
+    _patch_grad_weight_kernel[grid](grad, x, grad_w, *geometry.args(dim), batch_stride, offset, **meta)
     return grad_x, grad_w.t().to(x.dtype)
 
 
@@ -234,3 +244,25 @@ def compressed_patch_embed_backward(grad_tokens, grad_audio, iframe, motion, res
     if grad_feat is not None:
         input_grads[3] = grad_feat
     return input_grads + param_grads + [grad_weight, grad_a.sum((0, 1)), grad_a.sum(0)]
+
+
+def aot_specs():
+    """GPU launches of the projection and both gradients: every dtype, dot precision and table entry."""
+    specs = []
+    for dtype in configs.DTYPES:
+        name, (acc_torch, acc_tl) = configs.TL_NAMES[dtype], configs.accumulator(dtype)
+        grad = "*" + configs.TL_NAMES[acc_torch]
+        for precision, suffix in configs.gemm_variants(dtype):
+            for config in configs.gpu_table("patch_project", dtype, precision).values():
+                common = dict(config=config, data=name, variant=suffix, aligned=("D",),
+                              tensor_cores=configs.requires_tensor_cores(dtype, precision),
+                              constexprs=dict(config.blocks, ACC=acc_tl, DOT=precision,
+                                              OPERAND=configs.dot_operand(dtype, "cuda")))
+                specs += [
+                    configs.AotSpec(_patch_project_kernel, "compressed_patch_embed", name, **common),
+                    configs.AotSpec(_patch_grad_input_kernel, "compressed_patch_embed", name,
+                                    types=dict(gx_ptr=grad), **common),
+                    configs.AotSpec(_patch_grad_weight_kernel, "compressed_patch_embed", name,
+                                    types=dict(gw_ptr=grad), **common),
+                ]
+    return specs

@@ -3,14 +3,17 @@
 `tl.philox(seed, c0, c1, c2, c3)` is Random123's Philox4x32-10 with key (seed mod 2**32,
 seed div 2**32), the same as the reference (checked word for word in tests/ops/test_perturbed_topk.py).
 Item l of (row, sample) uses counter (l div 4, sample, row, stream) and word l mod 4; the transforms
-below are the reference's, in float64.
+below are the reference's, in float64 (constants built as float64, never rounded through float32).
 """
 
+import torch
 import triton
 import triton.language as tl
 
-TWO_PI: tl.constexpr = 6.283185307179586
-INV_2_POW_32: tl.constexpr = 2.3283064365386963e-10
+from vidsel.kernels import configs
+
+TWO_PI = tl.constexpr(6.283185307179586)
+INV_2_POW_32 = tl.constexpr(2.3283064365386963e-10)
 
 
 @triton.jit
@@ -26,7 +29,7 @@ def _words(seed, items, sample, row, stream: tl.constexpr):
 
 @triton.jit
 def _to_uniform(word):
-    return (word.to(tl.float64) + 0.5) * INV_2_POW_32
+    return (word.to(tl.float64) + 0.5) * tl.full([], INV_2_POW_32, tl.float64)
 
 
 @triton.jit
@@ -47,7 +50,7 @@ def normal(seed, items, sample, row, stream: tl.constexpr):
     radius_word = tl.where(lane < 2, w0, w2)
     angle_word = tl.where(lane < 2, w1, w3)
     radius = tl.sqrt(-2.0 * tl.log(_to_uniform(radius_word)))
-    angle = TWO_PI * _to_uniform(angle_word)
+    angle = tl.full([], TWO_PI, tl.float64) * _to_uniform(angle_word)
     return radius * tl.where(lane % 2 == 0, tl.cos(angle), tl.sin(angle))
 
 
@@ -59,7 +62,7 @@ def gumbel(seed, items, sample, row, stream: tl.constexpr):
 
 @triton.jit
 def _noise_kernel(out_ptr, seed, SAMPLES, L, STREAM: tl.constexpr, KIND: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0)
+    row = tl.program_id(0).to(tl.int64)
     sample = tl.program_id(1)
     items = tl.arange(0, BLOCK)
     for start in range(0, L, BLOCK):
@@ -75,9 +78,16 @@ def _noise_kernel(out_ptr, seed, SAMPLES, L, STREAM: tl.constexpr, KIND: tl.cons
 
 def philox_noise(seed: int, batch: int, samples: int, length: int, stream: int, kind: int, device="cpu"):
     """(B, S, L) float64 noise of the stream (kind 0 uniform, 1 normal, 2 gumbel): a test hook."""
-    import torch
-
     out = torch.empty(batch, samples, length, dtype=torch.float64, device=device)
     if out.numel():
-        _noise_kernel[(batch, samples)](out, seed, samples, length, STREAM=stream, KIND=kind, BLOCK=64)
+        config = configs.launch("philox", 1, device)
+        _noise_kernel[(batch, samples)](out, seed, samples, length, STREAM=stream, KIND=kind, **config.kwargs())
     return out
+
+
+def aot_specs():
+    """The GPU launches of the noise hook (float64 output, every kind, both streams' code paths)."""
+    config = configs.GPU["philox"][1]
+    return [configs.AotSpec(_noise_kernel, "philox", "fp64", config, dict(STREAM=1, KIND=kind, BLOCK=config["BLOCK"]),
+                            types=dict(seed="i64"), data="fp64", variant=("uniform", "normal", "gumbel")[kind])
+            for kind in range(3)]

@@ -2,32 +2,37 @@
 
 best_partner fuses cosine similarity with the row max/argmax of bipartite matching: one program owns
 BLOCK_A rows of set A and streams set B in tiles, keeping a running best score and its first argmax,
-so the |A| x |B| similarity matrix never exists in memory.
+so the |A| x |B| similarity matrix never exists in memory. The raw rows enter tl.dot in their own
+dtype (tensor cores for float16 / bfloat16, tf32 or ieee for float32) with float32 (float64)
+accumulation, and the tile is divided by the two row norms: a.b / (|a| |b|), the cosine of
+F.normalize(a) . F.normalize(b) without rounding unit vectors to the input dtype.
 
 scatter_rows (behind merge) accumulates w_i * x_i into its destination row with atomics into a
 float32 (float64) buffer, cast to the input dtype at the end; gather_rows (behind unmerge) is a plain
-indexed copy with a weight.
+indexed copy with a weight. Offsets are int64 (batch x rows x features can pass 2**31).
 """
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-BLOCK_A, BLOCK_B, BLOCK_C = 16, 32, 32
-BLOCK_N, BLOCK_D = 16, 64
+from vidsel.kernels import configs
+
+_NORM_EPS = 1e-12  # F.normalize's floor on the row norm
 
 
 @triton.jit
 def _best_partner_kernel(
-    a_ptr, b_ptr, best_ptr, index_ptr, NA, NB, C,
-    ACC_DTYPE: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr,
+    a_ptr, b_ptr, norm_a_ptr, norm_b_ptr, best_ptr, index_ptr, NA, NB, C,
+    ACC_DTYPE: tl.constexpr, DOT: tl.constexpr, OPERAND: tl.constexpr,
+    BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    batch = tl.program_id(0)
+    batch = tl.program_id(0).to(tl.int64)
     rows = tl.program_id(1) * BLOCK_A + tl.arange(0, BLOCK_A)
     row_mask = rows < NA
     a_base = a_ptr + batch * NA * C
     b_base = b_ptr + batch * NB * C
+    norm_a = tl.load(norm_a_ptr + batch * NA + rows, mask=row_mask, other=1.0)
     best = tl.full((BLOCK_A,), float("-inf"), ACC_DTYPE)
     best_index = tl.zeros((BLOCK_A,), tl.int32)
     for j0 in range(0, NB, BLOCK_B):
@@ -37,14 +42,16 @@ def _best_partner_kernel(
         for c0 in range(0, C, BLOCK_C):
             chans = c0 + tl.arange(0, BLOCK_C)
             chan_mask = chans < C
-            a = tl.load(a_base + rows[:, None] * C + chans[None, :],
-                        mask=row_mask[:, None] & chan_mask[None, :], other=0.0).to(ACC_DTYPE)
-            b = tl.load(b_base + cols[:, None] * C + chans[None, :],
-                        mask=col_mask[:, None] & chan_mask[None, :], other=0.0).to(ACC_DTYPE)
-            acc += tl.dot(a, tl.trans(b), input_precision="ieee", out_dtype=ACC_DTYPE)
-        acc = tl.where(col_mask[None, :], acc, float("-inf"))
-        tile_best = tl.max(acc, axis=1)
-        tile_index = tl.argmax(acc, axis=1).to(tl.int32) + j0  # first maximum within the tile
+            a = tl.load(a_base + rows[:, None].to(tl.int64) * C + chans[None, :],
+                        mask=row_mask[:, None] & chan_mask[None, :], other=0.0).to(OPERAND)
+            b = tl.load(b_base + cols[:, None].to(tl.int64) * C + chans[None, :],
+                        mask=col_mask[:, None] & chan_mask[None, :], other=0.0).to(OPERAND)
+            acc += tl.dot(a, tl.trans(b), input_precision=DOT, out_dtype=ACC_DTYPE)
+        norm_b = tl.load(norm_b_ptr + batch * NB + cols, mask=col_mask, other=1.0)
+        sim = acc / norm_a[:, None] / norm_b[None, :]
+        sim = tl.where(col_mask[None, :], sim, float("-inf"))
+        tile_best = tl.max(sim, axis=1)
+        tile_index = tl.argmax(sim, axis=1).to(tl.int32) + j0  # first maximum within the tile
         better = tile_best > best  # strict: an earlier tile keeps ties
         best = tl.where(better, tile_best, best)
         best_index = tl.where(better, tile_index, best_index)
@@ -52,20 +59,25 @@ def _best_partner_kernel(
     tl.store(index_ptr + batch * NA + rows, best_index.to(tl.int64), mask=row_mask)
 
 
+def _norms(x: torch.Tensor, acc_dtype: torch.dtype) -> torch.Tensor:
+    return x.to(acc_dtype).norm(dim=-1).clamp_min(_NORM_EPS).contiguous()
+
+
 def best_partner(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """a (B, Na, C), b (B, Nb, C) -> best cosine similarity (B, Na) and first argmax into b (B, Na)."""
-    acc_dtype = torch.float64 if a.dtype == torch.float64 else torch.float32
-    a = F.normalize(a.to(acc_dtype), dim=-1).contiguous()
-    b = F.normalize(b.to(acc_dtype), dim=-1).contiguous()
+    acc_dtype, acc_tl = configs.accumulator(a.dtype)
+    norm_a, norm_b = _norms(a, acc_dtype), _norms(b, acc_dtype)
+    a, b = a.contiguous(), b.contiguous()
     batch, na, c = a.shape
     nb = b.shape[1]
     best = torch.empty(batch, na, dtype=acc_dtype, device=a.device)
     index = torch.empty(batch, na, dtype=torch.int64, device=a.device)
-    grid = (batch, triton.cdiv(na, BLOCK_A))
+    config = configs.launch("best_partner", c, a.device, a.dtype)
+    grid = (batch, triton.cdiv(na, config["BLOCK_A"]))
     _best_partner_kernel[grid](
-        a, b, best, index, na, nb, c,
-        ACC_DTYPE=tl.float64 if acc_dtype == torch.float64 else tl.float32,
-        BLOCK_A=BLOCK_A, BLOCK_B=BLOCK_B, BLOCK_C=BLOCK_C,
+        a, b, norm_a, norm_b, best, index, na, nb, c, ACC_DTYPE=acc_tl,
+        DOT=configs.dot_precision(a.dtype, a.device), OPERAND=configs.dot_operand(a.dtype, a.device),
+        **config.kwargs(),
     )
     return best, index
 
@@ -74,7 +86,7 @@ def best_partner(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.
 def _row_block(N, D, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     """This program's batch, BLOCK_N rows and BLOCK_D features of a (B, N, D) tensor, with masks."""
     blocks_per_batch = tl.cdiv(N, BLOCK_N)
-    batch = tl.program_id(0) // blocks_per_batch
+    batch = (tl.program_id(0) // blocks_per_batch).to(tl.int64)
     rows = (tl.program_id(0) % blocks_per_batch) * BLOCK_N + tl.arange(0, BLOCK_N)
     feats = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     row_mask = rows < N
@@ -109,8 +121,7 @@ def _gather_rows_kernel(
     tl.store(out_ptr + (batch * N + rows)[:, None] * D + feats[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _acc_dtype(dtype):
-    return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
+_acc_dtype = configs.accumulator
 
 
 def _check_indices(dst_index: torch.Tensor, upper: int) -> None:
@@ -128,9 +139,10 @@ def scatter_rows(x, dst_index, weight, n_out: int):
     out = torch.zeros(batch, n_out, d, dtype=acc_torch, device=x.device)
     w = weight.to(acc_torch).contiguous() if weight is not None else x.new_empty(0, dtype=acc_torch)
     if x.numel():
-        grid = (batch * triton.cdiv(n, BLOCK_N), triton.cdiv(d, BLOCK_D))
+        config = configs.launch("rows", d, x.device)
+        grid = (batch * triton.cdiv(n, config["BLOCK_N"]), triton.cdiv(d, config["BLOCK_D"]))
         _scatter_rows_kernel[grid](x, dst_index, w, out, n, d, n_out, HAS_WEIGHT=weight is not None,
-                                   ACC_DTYPE=acc_tl, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D)
+                                   ACC_DTYPE=acc_tl, **config.kwargs())
     return out.to(x.dtype)
 
 
@@ -144,7 +156,32 @@ def gather_rows(y, dst_index, weight):
     out = torch.empty(batch, n, d, dtype=y.dtype, device=y.device)
     w = weight.to(acc_torch).contiguous() if weight is not None else y.new_empty(0, dtype=acc_torch)
     if out.numel():
-        grid = (batch * triton.cdiv(n, BLOCK_N), triton.cdiv(d, BLOCK_D))
+        config = configs.launch("rows", d, y.device)
+        grid = (batch * triton.cdiv(n, config["BLOCK_N"]), triton.cdiv(d, config["BLOCK_D"]))
         _gather_rows_kernel[grid](y, dst_index, w, out, n, d, m, HAS_WEIGHT=weight is not None,
-                                  ACC_DTYPE=acc_tl, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D)
+                                  ACC_DTYPE=acc_tl, **config.kwargs())
     return out
+
+
+def aot_specs():
+    """GPU launches: similarity in every table entry, dtype and dot precision; the row kernels."""
+    specs = []
+    for dtype in configs.DTYPES:
+        name, (acc_torch, acc_tl) = configs.TL_NAMES[dtype], configs.accumulator(dtype)
+        acc_name = configs.TL_NAMES[acc_torch]
+        for precision, suffix in configs.gemm_variants(dtype):
+            for config in configs.gpu_table("best_partner", dtype, precision).values():
+                specs.append(configs.AotSpec(
+                    _best_partner_kernel, "token_merging", name, config,
+                    dict(config.blocks, ACC_DTYPE=acc_tl, DOT=precision, OPERAND=configs.dot_operand(dtype, "cuda")),
+                    types=dict(norm_a_ptr="*" + acc_name, norm_b_ptr="*" + acc_name, best_ptr="*" + acc_name,
+                               index_ptr="*i64"),
+                    data=name, variant=suffix, aligned=("C",),
+                    tensor_cores=configs.requires_tensor_cores(dtype, precision)))
+        rows = configs.GPU["rows"][max(configs.GPU["rows"])]
+        for kernel, out in ((_scatter_rows_kernel, acc_name), (_gather_rows_kernel, name)):
+            specs.append(configs.AotSpec(kernel, "token_merging", name, rows,
+                                         dict(rows.blocks, HAS_WEIGHT=True, ACC_DTYPE=acc_tl),
+                                         types=dict(dst_ptr="*i64", w_ptr="*" + acc_name, out_ptr="*" + out),
+                                         data=name, aligned=("D",)))
+    return specs

@@ -4,20 +4,19 @@ Selection without sorting: the rank of score i in its group is the number of sco
 (higher, or equal at a lower position: ties to the lower index), counted tile by tile; rank < k
 means selected. A second pass places the selected positions — in input order by a running prefix
 count, or at slot = rank for score order. The gather and the backward scatter copy whole rows.
+Row offsets are int64 (groups x rows x features can pass 2**31 elements).
 """
 
 import torch
 import triton
 import triton.language as tl
 
-BLOCK_I, BLOCK_J = 32, 64
-BLOCK_PLACE = 128
-BLOCK_ROWS, BLOCK_D = 16, 64
+from vidsel.kernels import configs
 
 
 @triton.jit
 def _topk_rank_kernel(s_ptr, rank_ptr, N, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
-    group = tl.program_id(0)
+    group = tl.program_id(0).to(tl.int64)
     i = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
     mask_i = i < N
     s_i = tl.load(s_ptr + group * N + i, mask=mask_i, other=0.0)
@@ -35,7 +34,7 @@ def _topk_rank_kernel(s_ptr, rank_ptr, N, BLOCK_I: tl.constexpr, BLOCK_J: tl.con
 
 @triton.jit
 def _topk_place_kernel(rank_ptr, index_ptr, N, K, SORTED_BY_INDEX: tl.constexpr, BLOCK: tl.constexpr):
-    group = tl.program_id(0)
+    group = tl.program_id(0).to(tl.int64)
     placed = tl.sum(tl.zeros([BLOCK], dtype=tl.int32), axis=0)  # running count of selected positions
     for i0 in range(0, N, BLOCK):
         i = i0 + tl.arange(0, BLOCK)
@@ -57,7 +56,7 @@ def _copy_rows_kernel(
 ):
     """GATHER: dst[g, j] = src[g, index[g, j]]; else (scatter) dst[g, index[g, j]] = src[g, j]."""
     blocks_per_group = tl.cdiv(K, BLOCK_ROWS)
-    group = tl.program_id(0) // blocks_per_group
+    group = (tl.program_id(0) // blocks_per_group).to(tl.int64)
     j = (tl.program_id(0) % blocks_per_group) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     feats = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_j = j < K
@@ -83,8 +82,10 @@ def topk_indices(scores: torch.Tensor, k: int, sorted_by_index: bool) -> torch.T
     rank = torch.empty(groups, n, dtype=torch.int32, device=scores.device)
     index = torch.empty(groups, k, dtype=torch.int64, device=scores.device)
     if groups:
-        _topk_rank_kernel[(groups, triton.cdiv(n, BLOCK_I))](scores, rank, n, BLOCK_I=BLOCK_I, BLOCK_J=BLOCK_J)
-        _topk_place_kernel[(groups,)](rank, index, n, k, SORTED_BY_INDEX=sorted_by_index, BLOCK=BLOCK_PLACE)
+        rank_config = configs.launch("topk_rank", n, scores.device)
+        _topk_rank_kernel[(groups, triton.cdiv(n, rank_config["BLOCK_I"]))](scores, rank, n, **rank_config.kwargs())
+        _topk_place_kernel[(groups,)](rank, index, n, k, SORTED_BY_INDEX=sorted_by_index,
+                                      **configs.launch("topk_place", n, scores.device).kwargs())
     return index
 
 
@@ -92,8 +93,9 @@ def _copy_rows(src, index, dst, n: int, gather: bool):
     groups, k = index.shape
     d = dst.shape[2]
     if groups and k and d:
-        grid = (groups * triton.cdiv(k, BLOCK_ROWS), triton.cdiv(d, BLOCK_D))
-        _copy_rows_kernel[grid](src, index, dst, k, n, d, GATHER=gather, BLOCK_ROWS=BLOCK_ROWS, BLOCK_D=BLOCK_D)
+        config = configs.launch("copy_rows", d, dst.device)
+        grid = (groups * triton.cdiv(k, config["BLOCK_ROWS"]), triton.cdiv(d, config["BLOCK_D"]))
+        _copy_rows_kernel[grid](src, index, dst, k, n, d, GATHER=gather, **config.kwargs())
     return dst
 
 
@@ -113,3 +115,26 @@ def topk_gather_backward(grad, index, n: int):
     grad, index = grad.contiguous(), index.contiguous()
     out = torch.zeros(grad.shape[0], n, grad.shape[2], dtype=grad.dtype, device=grad.device)
     return _copy_rows(grad, index, out, n, gather=False)
+
+
+def aot_specs():
+    """GPU launches: ranking in float32 / float64 (half scores are widened), copies in every dtype."""
+    rank, place, copy = (configs.GPU[name][max(configs.GPU[name])] for name in ("topk_rank", "topk_place", "copy_rows"))
+    specs = []
+    for dtype in configs.DTYPES:
+        name = configs.TL_NAMES[dtype]
+        if dtype in (torch.float32, torch.float64):
+            specs.append(configs.AotSpec(_topk_rank_kernel, "topk_gather", name, rank,
+                                         dict(BLOCK_I=rank["BLOCK_I"], BLOCK_J=rank["BLOCK_J"]),
+                                         types=dict(rank_ptr="*i32"), data=name))
+        for gather in (True, False):
+            specs.append(configs.AotSpec(_copy_rows_kernel, "topk_gather", name, copy,
+                                         dict(GATHER=gather, BLOCK_ROWS=copy["BLOCK_ROWS"], BLOCK_D=copy["BLOCK_D"]),
+                                         types=dict(index_ptr="*i64"), data=name, aligned=("D",),
+                                         variant="gather" if gather else "scatter"))
+    for by_index in (True, False):
+        specs.append(configs.AotSpec(_topk_place_kernel, "topk_gather", "i32", place,
+                                     dict(SORTED_BY_INDEX=by_index, BLOCK=place["BLOCK"]),
+                                     types=dict(rank_ptr="*i32", index_ptr="*i64"),
+                                     variant="by index" if by_index else "by score"))
+    return specs
