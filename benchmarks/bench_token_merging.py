@@ -13,7 +13,10 @@ from __future__ import annotations
 import torch
 
 import vidsel.ops as ops
-from benchmarks.harness import Table, expose, median_ms, peak_memory_mb, result_mb
+from benchmarks.harness import (
+    Table, cold_calls_ms, cold_table, expose, gemm_paths_note, median_ms, peak_memory_mb,
+    result_mb,
+)
 
 BATCH, TOKENS, METRIC_DIM, DIM, R = 8, 1568, 64, 768, 392
 
@@ -43,6 +46,26 @@ def tome_style_baseline(metric, x, size, r):
 
 def vidsel_match_merge(metric, x, size, r):
     return ops.merge(x, ops.bipartite_match(metric, r, impl="cpu"), size, impl="cpu")
+
+
+COLD = ("vidsel cpu: match + merge", "ToMe-style eager baseline", "vidsel cpu: match only",
+        "floor: bmm(a, b^T).max(-1)")
+
+
+def cold_contenders() -> dict:
+    """The cold-call contenders (inputs built untimed in a fresh process)."""
+    torch.manual_seed(0)
+    metric = torch.randn(BATCH, TOKENS, METRIC_DIM)
+    x = torch.randn(BATCH, TOKENS, DIM)
+    size = torch.randint(1, 4, (BATCH, TOKENS, 1)).float()
+    normed = metric / metric.norm(dim=-1, keepdim=True)
+    a, b = normed[:, ::2].contiguous(), normed[:, 1::2].contiguous()
+    return {
+        COLD[0]: lambda: vidsel_match_merge(metric, x, size, R),
+        COLD[1]: lambda: tome_style_baseline(metric, x, size, R),
+        COLD[2]: lambda: ops.bipartite_match(metric, R, impl="cpu"),
+        COLD[3]: lambda: torch.bmm(a, b.transpose(1, 2)).max(-1),
+    }
 
 
 def run(profile: str) -> list[Table]:
@@ -93,4 +116,8 @@ def run(profile: str) -> list[Table]:
         "peak MiB: allocator peak during the call (profiler); temporaries MiB: that peak minus the returned "
         "tensors, i.e. the extra memory a contender needs beyond its result."
     )
-    return [table]
+    table.notes.append(gemm_paths_note(("similarity",)))
+    cold = cold_calls_ms(__name__, "cold_contenders", list(COLD))
+    cold_tab = cold_table("token_merging_cold", f"match + merge, cold calls (same shapes, {torch.get_num_threads()} "
+                          "threads)", cold, times, COLD[1])
+    return [table, cold_tab]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -162,3 +163,66 @@ def peak_memory_mb(fn) -> float:
         live += nbytes
         peak = max(peak, live)
     return peak / 2**20
+
+
+def gemm_paths_note(classes: tuple[str, ...]) -> str:
+    """Which GEMM each contender ran: vidsel's kernels use the per-machine choice of csrc/cpu/gemm.h
+    (shape classes `classes`); PyTorch's own contenders always use torch's BLAS / oneDNN."""
+    from vidsel import _backends
+
+    paths = _backends.cpu_gemm_paths()
+    chosen = ", ".join(f"{c}={paths.get(c, 'n/a')}" for c in classes)
+    cpu = _backends.cpu_identity()
+    return (f"GEMM paths on {cpu['model']} ({cpu['vendor']}): vidsel cpu contenders {chosen} "
+            f"(VIDSEL_CPU_GEMM={os.environ.get('VIDSEL_CPU_GEMM', 'auto')}); PyTorch contenders: "
+            "torch's own BLAS / oneDNN kernels.")
+
+
+def _cold_child(module: str, factory: str, name: str, calls: int) -> None:
+    """Runs in a fresh process: builds the contenders (untimed), then times the first `calls` calls of one."""
+    import importlib
+    import json
+
+    fn = getattr(importlib.import_module(module), factory)()[name]
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    print("COLD " + json.dumps(dict(first=times[0], first_five=sum(times[:5]))))
+
+
+def cold_calls_ms(module: str, factory: str, names: list[str], calls: int = 5) -> dict:
+    """{name: {"first": ms, "first_five": ms}}: the first call and the sum of the first five calls of every
+    contender of `module.factory()` (a dict name -> zero-argument callable), each in its own fresh process, so
+    nothing is warm: allocator pools, first-touch page faults, GEMM calibration, oneDNN primitives."""
+    if _collected is not None:
+        return {name: {"first": 1.0, "first_five": 5.0} for name in names}
+    import json
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = {}
+    for name in names:
+        code = f"from benchmarks.harness import _cold_child; _cold_child({module!r}, {factory!r}, {name!r}, {calls})"
+        done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=900)
+        line = next((l for l in done.stdout.splitlines() if l.startswith("COLD ")), None)
+        if done.returncode != 0 or line is None:
+            raise RuntimeError(f"cold-call run of {name!r} failed: {done.stderr[-2000:]}")
+        out[name] = json.loads(line[5:])
+    return out
+
+
+def cold_table(name: str, title: str, cold: dict, steady_ms: dict, baseline: str) -> Table:
+    """Cold calls beside the steady state: a user notices both."""
+    table = Table(name=name, title=title, columns=[
+        "contender", "first call ms", "first 5 calls ms", "steady median ms", "first / steady",
+        f"first call vs {baseline}"])
+    for contender, c in cold.items():
+        steady = steady_ms[contender]
+        table.rows.append([contender, c["first"], c["first_five"], steady, c["first"] / steady,
+                           cold[baseline]["first"] / c["first"]])
+    table.notes.append("Cold: every contender in a fresh process (inputs built untimed), so allocator pools, "
+                       "first-touch page faults, GEMM calibration and library primitive caches start empty.")
+    return table

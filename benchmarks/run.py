@@ -1,6 +1,8 @@
 """`python -m benchmarks.run [--full] [--only NAME ...]`: run every benchmarks/bench_*.py module,
-print the tables, rewrite their sections in README.md and write benchmarks/results/results.{json,csv}
-with a machine header.
+print the tables, rewrite their sections in README.md and write
+benchmarks/results/results-<vendor>-<model>.{json,csv} with a machine header: one record per CPU model,
+so a run on one machine keeps every other machine's. The README's "other machines" table puts the target
+checks of every recorded CPU side by side.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import glob
 import importlib
 import json
 import os
@@ -31,23 +34,38 @@ README = os.path.join(ROOT, "README.md")
 
 
 def machine_header() -> dict:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    from vidsel import _backends
+
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     except OSError:
         sha = ""
     import vidsel
 
+    cpu = _backends.cpu_identity()
+    load = round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else None
     return dict(
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        git=sha, cpu=cpu, cores=os.cpu_count(), torch_threads=torch.get_num_threads(),
-        python=platform.python_version(), torch=torch.__version__, vidsel=vidsel.__version__,
+        git=sha, cpu=cpu["model"], vendor=cpu["vendor"], isa=cpu["isa"], cores=os.cpu_count(),
+        torch_threads=torch.get_num_threads(), load_1min=load, python=platform.python_version(),
+        torch=torch.__version__, vidsel=vidsel.__version__,
+        cpu_gemm=os.environ.get("VIDSEL_CPU_GEMM", "auto"), cpu_gemm_paths=_backends.cpu_gemm_paths(),
     )
+
+
+_VENDORS = {"GenuineIntel": "intel", "AuthenticAMD": "amd"}
+
+
+def machine_slug(header: dict) -> str:
+    """"amd-epyc", "intel-xeon-platinum-8488c": the file stem of this CPU model's record."""
+    vendor = _VENDORS.get(header.get("vendor", ""), header.get("vendor", "unknown"))
+    model = re.sub(r"\((r|tm)\)|\bcpu\b|@.*$|\bprocessor\b", " ", header.get("cpu", "").lower())
+    words = [w for w in re.split(r"[^a-z0-9]+", model) if w and w != vendor]
+    return "-".join([re.sub(r"[^a-z0-9]+", "", vendor.lower()) or "unknown"] + words) or "unknown"
+
+
+def results_path(header: dict, ext: str = "json") -> str:
+    return os.path.join(RESULTS_DIR, f"results-{machine_slug(header)}.{ext}")
 
 
 def discover(only: list[str] | None) -> list[str]:
@@ -73,15 +91,44 @@ def update_readme(tables: list[Table]) -> None:
 def write_records(header: dict, tables: list[Table]) -> None:
     os.makedirs(RESULTS_DIR, exist_ok=True)
     record = dict(machine=header, tables=[t.__dict__ for t in tables])
-    with open(os.path.join(RESULTS_DIR, "results.json"), "w") as f:
+    with open(results_path(header), "w") as f:
         json.dump(record, f, indent=1, default=str)
-    with open(os.path.join(RESULTS_DIR, "results.csv"), "w", newline="") as f:
+    with open(results_path(header, "csv"), "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["# " + ", ".join(f"{k}={v}" for k, v in header.items())])
         for t in tables:
             writer.writerow([f"## {t.name}: {t.title}"])
             writer.writerow(t.columns)
             writer.writerows(t.rows)
+
+
+def other_machines_table() -> Table:
+    """Every recorded CPU's target checks side by side (one column per results-*.json)."""
+    records = []
+    for path in sorted(glob.glob(os.path.join(RESULTS_DIR, "results-*.json"))):
+        with open(path) as f:
+            records.append(json.load(f))
+    labels = [f"{r['machine'].get('cpu', '?')} ({r['machine'].get('date', '?')[:10]}, load "
+              f"{r['machine'].get('load_1min') if r['machine'].get('load_1min') is not None else '?'})" for r in records]
+    table = Table(name="other_machines", title="Target checks on every recorded CPU (measured, met / missed)",
+                  columns=["check"] + labels)
+    keys = []
+    by_machine = []
+    for record in records:
+        checks = {}
+        for t in record["tables"]:
+            for c in t.get("checks", []):
+                key = f"{t['name']}: {c['what']} (target {c['target']})"
+                checks[key] = f"{c['measured']} {'met' if c['passed'] else '**missed**'}"
+                if key not in keys:
+                    keys.append(key)
+        by_machine.append(checks)
+    for key in keys:
+        table.rows.append([key] + [checks.get(key, "not run") for checks in by_machine])
+    paths = [f"{label}: {', '.join(f'{k}={v}' for k, v in r['machine'].get('cpu_gemm_paths', {}).items()) or 'n/a'}"
+             for label, r in zip(labels, records)]
+    table.notes.append("CPU GEMM path per shape class — " + "; ".join(paths))
+    return table
 
 
 def main(argv=None) -> int:
@@ -98,12 +145,15 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         module = importlib.import_module(f"benchmarks.{name}")
         produced = module.run(profile)
+        for table in produced:  # every README table names the machine it was measured on
+            table.notes.insert(0, f"Measured on {header['cpu']} ({header['vendor']}), {header['cores']} cores, "
+                               f"load {header['load_1min']}, {header['date'][:10]}.")
         for table in produced:
             print("\n" + table.to_markdown(), flush=True)
         print(f"[{name}: {time.perf_counter() - start:.0f} s]", flush=True)
         tables += produced
-    if args.only:  # keep other benchmarks' records: merge into the existing JSON
-        previous = os.path.join(RESULTS_DIR, "results.json")
+    if args.only:  # keep other benchmarks' records: merge into this machine's existing JSON
+        previous = results_path(header)
         if os.path.exists(previous):
             old = json.load(open(previous))
             kept = [Table(**t) for t in old.get("tables", []) if t["name"] not in {t.name for t in tables}]
@@ -111,7 +161,7 @@ def main(argv=None) -> int:
     write_records(header, tables)
     print("plots:", ", ".join(make_plots(tables, RESULTS_DIR)), flush=True)
     if not args.no_readme:
-        update_readme(tables)
+        update_readme(tables + [other_machines_table()])
     return 0
 
 
