@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 
 import vidsel.ops as ops
-from benchmarks.harness import Table, expose, gradient_step, median_ms, peak_memory_mb
+from benchmarks.harness import (
+    Table, cold_calls_ms, cold_table, collecting, expose, gradient_step, median_ms, peak_memory_mb,
+)
 
 BATCH, FRAMES, SIDE, DIM, ANCHOR, STRIDE, SAMPLES, SIGMA = 8, 8, 14, 768, 10, 2, 500, 0.1
 
@@ -89,6 +91,18 @@ def _anchor_table(seconds: float) -> Table:
     return table
 
 
+def cold_contenders() -> dict:
+    """The contenders exactly as the table times them, built without timing (cold-call factory)."""
+    torch.manual_seed(0)
+    with collecting() as cases:
+        _anchor_table(1.0)
+    return cases["anchor_select"][0]
+
+
 def run(profile: str) -> list[Table]:
     torch.manual_seed(0)
-    return [_anchor_table(2.0 if profile == "full" else 1.0)]
+    table = _anchor_table(2.0 if profile == "full" else 1.0)
+    steady = {row[0]: row[1] for row in table.rows}
+    cold = cold_calls_ms(__name__, "cold_contenders", list(steady))
+    return [table, cold_table("anchor_select_cold", "anchor_select perturbed forward + backward, cold calls", cold,
+                              steady, "unfold + einsum eager baseline")]

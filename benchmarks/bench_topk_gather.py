@@ -11,7 +11,9 @@ from __future__ import annotations
 import torch
 
 import vidsel.ops as ops
-from benchmarks.harness import Table, expose, gradient_step, median_ms, peak_memory_mb
+from benchmarks.harness import (
+    Table, cold_calls_ms, cold_table, collecting, expose, gradient_step, median_ms, peak_memory_mb,
+)
 
 GROUPS, TOKENS, DIM, K = 64, 196, 768, 98
 
@@ -51,6 +53,18 @@ def _topk_table(seconds: float) -> Table:
     return table
 
 
+def cold_contenders() -> dict:
+    """The contenders exactly as the table times them, built without timing (cold-call factory)."""
+    torch.manual_seed(0)
+    with collecting() as cases:
+        _topk_table(1.0)
+    return cases["topk_gather"][0]
+
+
 def run(profile: str) -> list[Table]:
     torch.manual_seed(0)
-    return [_topk_table(2.0 if profile == "full" else 1.0)]
+    table = _topk_table(2.0 if profile == "full" else 1.0)
+    steady = {row[0]: row[1] for row in table.rows}
+    cold = cold_calls_ms(__name__, "cold_contenders", list(steady))
+    return [table, cold_table("topk_gather_cold", "topk_gather forward + backward, cold calls", cold, steady,
+                              "torch.topk + torch.gather")]
