@@ -19,10 +19,16 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
+import platform
 import warnings
 from dataclasses import dataclass
 
 import torch
+
+# The first eager call of any torch.library custom op imports torch._dynamo (the op's backend dispatch
+# is wrapped in torch._disable_dynamo): seconds on a loaded machine, paid by whichever op runs first.
+# Importing it with vidsel moves that one-time cost out of the first op call.
+import torch._dynamo  # noqa: E402,F401
 
 IMPLS = ("auto", "reference", "cpu", "triton", "cuda")
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -86,6 +92,56 @@ if _CPU_BUILT:
 def cpu_features() -> str:
     """What the C++ CPU kernels were compiled for, e.g. "avx512 (vidsel GEMM), avx2, openmp"; "" if not built."""
     return torch.ops.vidsel_C.cpu_features() if _CPU_BUILT else ""
+
+
+_ISA_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512_vnni", "amx_tile", "avx2", "fma", "sse4_2")
+
+
+def cpu_identity() -> dict[str, str]:
+    """{"vendor", "model", "isa"} of this CPU, e.g. AuthenticAMD / "AMD EPYC" / "avx512f avx2 fma ..."."""
+    info = {"vendor": "unknown", "model": platform.processor() or platform.machine(), "isa": ""}
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return info
+    fields = {}
+    for line in text.splitlines():
+        if not line.strip():
+            break  # the first processor's block is enough
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    flags = set(fields.get("flags", "").split())
+    info["vendor"] = fields.get("vendor_id", info["vendor"])
+    info["model"] = fields.get("model name", info["model"])
+    info["isa"] = " ".join(flag for flag in _ISA_FLAGS if flag in flags)
+    return info
+
+
+def cpu_gemm_report() -> list[str]:
+    """Per GEMM shape class of the CPU kernels, the path chosen here ("<class>: vidsel|blas (why)").
+
+    Calibrates (once per process, <= 50 ms) the classes not used yet. [] without the C++ extension.
+    """
+    if not _CPU_BUILT or not hasattr(torch.ops.vidsel_C, "cpu_gemm_report"):
+        return []
+    return list(torch.ops.vidsel_C.cpu_gemm_report())
+
+
+def cpu_gemm_paths() -> dict[str, str]:
+    """{shape class: "vidsel" | "blas"} as chosen on this machine (see cpu_gemm_report)."""
+    return {line.split(":")[0]: line.split(":")[1].split()[0] for line in cpu_gemm_report()}
+
+
+def set_cpu_gemm_mode(mode: str) -> str:
+    """Forces the CPU kernels' GEMM path ("auto" | "vidsel" | "blas", as VIDSEL_CPU_GEMM); returns the previous mode."""
+    if mode not in ("auto", "vidsel", "blas"):
+        raise ValueError(f"mode must be 'auto', 'vidsel' or 'blas', got {mode!r}")
+    if not _CPU_BUILT:
+        raise RuntimeError(f"the C++ CPU extension is not available: {_CPU_REASON}")
+    previous = torch.ops.vidsel_C.cpu_gemm_mode()
+    torch.ops.vidsel_C.set_cpu_gemm_mode(mode)
+    return previous
 
 
 def backend_status() -> dict[str, BackendStatus]:

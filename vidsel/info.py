@@ -1,7 +1,9 @@
-"""`python -m vidsel.info`: versions, and per op which backends can run here and why not."""
+"""`python -m vidsel.info`: versions, the CPU and its GEMM path per shape class, and per op which
+backends can run here and why not."""
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 
@@ -11,6 +13,7 @@ import vidsel
 import vidsel.ops  # noqa: F401  (registers the ops)
 from vidsel import _backends
 from vidsel.ops._dispatch import REGISTRY
+
 
 def _collect_ops() -> dict[str, tuple[str, ...]]:
     """Custom op (torch.ops.vidsel.<name>) -> the backends it implements, as declared beside its schema."""
@@ -25,6 +28,12 @@ def report() -> str:
         "",
         "backends:",
     ]
+    cpu = _backends.cpu_identity()
+    lines[2:2] = [f"CPU: {cpu['model']} (vendor {cpu['vendor']}; ISA: {cpu['isa'] or 'unknown'})"]
+    gemm = _backends.cpu_gemm_report()
+    if gemm:
+        mode = os.environ.get("VIDSEL_CPU_GEMM", "auto")
+        lines[3:3] = [f"CPU GEMM path per shape class (VIDSEL_CPU_GEMM={mode}):"] + [f"  {line}" for line in gemm]
     status = _backends.backend_status()
     for name, st in status.items():
         lines.append(f"  {name:<10} {'yes' if st.built else 'no ':<4} {st.reason}")

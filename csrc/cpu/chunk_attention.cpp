@@ -6,13 +6,13 @@
 // and the key loop simply stops there: tiles above the chunk diagonal are never visited. Scores of one
 // (query tile x key block) live in a small per-thread buffer; the softmax is online (running max and
 // sum), the logsumexp is saved for the backward, which recomputes the scores. No L x L tensor exists.
-// The two products of every block run single-threaded inside our parallel region: float32 on the AVX-512
-// tiles of gemm_f32.h (the BLAS without AVX-512), float64 on the BLAS dgemm; the softmax loops are
+// The two products of every block run single-threaded inside our parallel region: float32 on the GEMM
+// path chosen per machine (cpu/gemm.h), float64 on the BLAS dgemm; the softmax loops are
 // `omp simd` with a polynomial exp.
 // The backward runs one job per (batch, head), which owns that head's dK / dV / dbias; with fewer
 // heads than 2x threads it splits query tiles over threads with per-thread key-gradient buffers.
 #include "cpu/common.h"
-#include "cpu/gemm_f32.h"
+#include "cpu/gemm.h"
 
 #include <algorithm>
 #include <bit>
@@ -23,9 +23,6 @@
 
 extern "C" {
 // Fortran BLAS (column-major), exported by libtorch_cpu.
-void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
-            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
-            const int* ldc);
 void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const double* alpha,
             const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
             const int* ldc);
@@ -41,23 +38,13 @@ constexpr int64_t kBwdQueryTile = 128;  // the backward keeps 2 score-sized buff
 constexpr int64_t kBwdKeyBlock = 256;
 
 // Row-major C (m x n) = alpha * op(A) op(B) + beta * C, where op(A) is m x k and op(B) is k x n.
-// trans_a: A is stored k x m; trans_b: B is stored n x k. float32 runs on the AVX-512 tiles of
-// gemm_f32.h when the build targets AVX-512 (see there why not MKL), else on the BLAS; column-major
-// BLAS sees C^T = op(B)^T op(A)^T.
+// trans_a: A is stored k x m; trans_b: B is stored n x k. float32 runs on the GEMM path chosen at run time
+// for attention tiles (cpu/gemm.h: vidsel's AVX-512 tiles or the BLAS; the ops pick it before their
+// parallel region, so this is a cached lookup), float64 on the BLAS dgemm.
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
           const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-#if defined(VIDSEL_HAVE_AVX512_GEMM)
-  const gemm_f32::StridedA a_view{a, trans_a ? 1 : lda, trans_a ? lda : 1};
-  if (trans_b) {
-    gemm_f32::gemm_b_transposed(m, n, k, alpha, a_view, b, ldb, beta, c, ldc);
-  } else {
-    gemm_f32::gemm(m, n, k, alpha, a_view, b, ldb, beta, c, ldc);
-  }
-#else
-  const char ta = trans_b ? 'T' : 'N', tb = trans_a ? 'T' : 'N';
-  const int mm = int(n), nn = int(m), kk = int(k), la = int(ldb), lb = int(lda), lc = int(ldc);
-  sgemm_(&ta, &tb, &mm, &nn, &kk, &alpha, b, &la, a, &lb, &beta, c, &lc);
-#endif
+  cpu_gemm::sgemm(cpu_gemm::choose(cpu_gemm::ShapeClass::kAttentionTile), trans_a, trans_b, m, n, k, alpha, a, lda,
+                  b, ldb, beta, c, ldc);
 }
 
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha, const double* a, int64_t lda,
@@ -459,6 +446,7 @@ std::tuple<at::Tensor, at::Tensor> chunk_attention_cpu(const at::Tensor& q, cons
                                                         const at::Tensor& key_end,
                                                         const c10::optional<at::Tensor>& key_bias, double scale) {
   check_attention_args(q, k, v, key_end, key_bias);
+  cpu_gemm::choose(cpu_gemm::ShapeClass::kAttentionTile);  // calibrates once, outside the parallel region
   const auto type = compute_type(q);
   const at::Tensor qc = rows_in_place(q, type), kc = rows_in_place(k, type), vc = rows_in_place(v, type);
   at::Tensor bias;
@@ -489,6 +477,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_attention_backw
   TORCH_CHECK(lse.dim() == 3 && lse.size(0) == q.size(0) && lse.size(1) == q.size(1) && lse.size(2) == q.size(2),
               "vidsel: lse must have shape (B, H, Lq)");
   TORCH_CHECK(!bias_grad || key_bias.has_value(), "vidsel: bias_grad needs key_bias");
+  cpu_gemm::choose(cpu_gemm::ShapeClass::kAttentionTile);
   const auto type = compute_type(q);
   const at::Tensor qc = rows_in_place(q, type), kc = rows_in_place(k, type), vc = rows_in_place(v, type);
   const at::Tensor go = grad_out.to(type).contiguous(), oc = out.to(type).contiguous(), lc = lse.to(type).contiguous();

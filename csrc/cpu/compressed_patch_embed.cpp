@@ -7,7 +7,7 @@
 #include "cpu/compressed_patch_embed.h"
 
 #include "cpu/common.h"
-#include "cpu/gemm_f32.h"
+#include "cpu/gemm.h"
 
 #include <ATen/OpMathType.h>
 
@@ -70,11 +70,9 @@ void col2im_kernel(const scalar_t* cols, const PatchGeometry& g, int64_t count, 
 //
 // Every job owns a block of kDirectRows tokens of one clip: it gathers their patches into a per-thread
 // matrix (kept in L2), writes bias + PE into the output rows, and accumulates cols · Wᵀ on top with the
-// AVX-512 register-tiled GEMM of gemm_f32.h. So each token is written once, straight into the output:
-// no convolution result, channels-last input or per-chunk weight copies. The GEMM is ours because MKL's
-// sgemm takes its AVX2 path on AMD CPUs (about 2.4x slower here for 196×768×768), and oneDNN is reachable
-// from ATen only through operators that allocate their result.
-#if defined(VIDSEL_HAVE_AVX512_GEMM)
+// float32 GEMM chosen per machine (cpu/gemm.h: vidsel's AVX-512 tiles or the BLAS torch links, each
+// single-threaded inside the task). So each token is written once, straight into the output: no
+// convolution result, channels-last input or per-chunk weight copies.
 constexpr int64_t kDirectRows = 96;  // a multiple of the GEMM's 6-row tiles; 96 x 768 floats = 288 KiB
 
 // Rows [row0, row0 + count) of one clip: patches into cols (count, depth), bias + PE into the slot rows.
@@ -103,8 +101,8 @@ bool embed_direct_float(const at::Tensor& x, const PatchGeometry& g, const at::T
                   weight2d.scalar_type() == at::kFloat,
               "vidsel(cpu): direct embedding bounds");
   const at::Tensor pos_c = pos.contiguous(), bias_c = bias.contiguous(), weight_c = weight2d.contiguous();
-  at::Tensor weight_t = at::empty({depth, dim}, weight_c.options());  // Wᵀ: the GEMM's row-major B
-  gemm_f32::pack_transposed(weight_c.data_ptr<float>(), depth, dim, depth, weight_t.data_ptr<float>());
+  const at::Tensor weight_t = weight_c.t().contiguous();  // Wᵀ (depth, dim): the GEMM's row-major B
+  const cpu_gemm::Path path = cpu_gemm::choose(cpu_gemm::ShapeClass::kPatchProjection);
   const int64_t blocks = (rows + kDirectRows - 1) / kDirectRows, slot_stride = out.size(1) * rows * dim;
   const float *frames_ptr = x.data_ptr<float>(), *w = weight_t.data_ptr<float>();
   float* first_slot = out.data_ptr<float>() + modality * rows * dim;
@@ -116,7 +114,8 @@ bool embed_direct_float(const at::Tensor& x, const PatchGeometry& g, const at::T
       float* slot = first_slot + b * slot_stride;
       gather_block(frames_ptr + b * frames * g.frame_size(), g, row0, count, pos_c.data_ptr<float>(),
                    bias_c.data_ptr<float>(), slot, dim, cols.data());
-      gemm_f32::gemm(count, dim, depth, 1.0f, {cols.data(), depth, 1}, w, dim, 1.0f, slot + row0 * dim, dim);
+      cpu_gemm::sgemm(path, false, false, count, dim, depth, 1.0f, cols.data(), depth, w, dim, 1.0f, slot + row0 * dim,
+                      dim);
     }
   });
   return true;
@@ -124,8 +123,8 @@ bool embed_direct_float(const at::Tensor& x, const PatchGeometry& g, const at::T
 
 // Backward of the projection weight, float32: grad_W (D, depth) = Σ over every clip's rows of gradᵀ · cols.
 // Per clip, chunks of kGradRows patch rows are gathered in parallel (the chunk stays in L2), then the D
-// output rows are split over threads, each accumulating its block of gradᵀ (a strided view, no transpose
-// copy) times the chunk with the AVX-512 GEMM.
+// output rows are split over threads, each accumulating its block of gradᵀ (a transposed operand, no
+// copy) times the chunk with the GEMM chosen for this shape class.
 constexpr int64_t kGradRows = 256;
 constexpr int64_t kGradOutRows = 96;
 
@@ -141,6 +140,7 @@ bool weight_grad_float(const at::Tensor& x, const PatchGeometry& g, const at::Te
     return true;
   }
   grad_weight = at::empty({dim, depth}, x.options());
+  const cpu_gemm::Path path = cpu_gemm::choose(cpu_gemm::ShapeClass::kPatchGradient);
   at::Tensor cols = at::empty({std::min(kGradRows, rows), depth}, x.options());
   float *gw = grad_weight.data_ptr<float>(), *patches = cols.data_ptr<float>();
   const int64_t out_blocks = (dim + kGradOutRows - 1) / kGradOutRows;
@@ -155,24 +155,15 @@ bool weight_grad_float(const at::Tensor& x, const PatchGeometry& g, const at::Te
       at::parallel_for(0, out_blocks, 1, [&](int64_t begin, int64_t end) {
         for (int64_t block = begin; block < end; ++block) {
           const int64_t i0 = block * kGradOutRows, out_rows = std::min(kGradOutRows, dim - i0);
-          const gemm_f32::StridedA grad_t{grad + row0 * dim + i0, 1, dim};  // gradᵀ rows i0.., columns row0..
-          gemm_f32::gemm(out_rows, depth, count, 1.0f, grad_t, patches, depth, first ? 0.0f : 1.0f, gw + i0 * depth,
-                         depth);
+          // gradᵀ rows i0.., columns row0..: grad is stored (count x dim) and read transposed.
+          cpu_gemm::sgemm(path, true, false, out_rows, depth, count, 1.0f, grad + row0 * dim + i0, dim, patches,
+                          depth, first ? 0.0f : 1.0f, gw + i0 * depth, depth);
         }
       });
     }
   }
   return true;
 }
-
-#else
-// No AVX-512 GEMM in this build: the driver's convolution paths.
-bool embed_direct_float(const at::Tensor&, const PatchGeometry&, const at::Tensor&, const at::Tensor&,
-                        const at::Tensor&, at::Tensor&, int64_t) {
-  return false;
-}
-bool weight_grad_float(const at::Tensor&, const PatchGeometry&, const at::Tensor&, at::Tensor&) { return false; }
-#endif
 
 // out[b, 3, t, n, :] = tokens[b, t, :] for all n: one parallel pass of row copies, streamed past the cache
 // (nothing reads these rows during the op; a separate broadcast copy_ of this 9 MiB block took 6 ms).

@@ -20,6 +20,7 @@
 // grad_P is the gradient restricted to the support of P: exactly what the perturbed top-k backward
 // (eq. 8) reads, since it only visits (slot, item) pairs some sample selected (P > 0 there).
 #include "cpu/common.h"
+#include "cpu/gemm.h"
 #include "cpu/philox.h"
 
 #include <algorithm>
@@ -300,6 +301,31 @@ void support_dots(const acc_t* p, const acc_t* grad, const acc_t* x, acc_t* grad
   });
 }
 
+// float32 with dense indicators (perturbed top-k averages many samples): the products are GEMMs on the
+// path chosen per machine, in (64 x 256) output blocks. Sparse (hard) indicators keep the row loops,
+// which skip zero weights.
+constexpr int64_t kBlockRows = 64, kBlockCols = 256;
+
+bool dense_indicators(const at::Tensor& p) {
+  return p.scalar_type() == at::kFloat && p.numel() > 0 && at::count_nonzero(p).item<int64_t>() * 8 >= p.numel();
+}
+
+// C[b] (m x n) = op(A[b]) B[b] for every batch; op(A) = A, or A^T when trans_a (A[b] stored k x m).
+void batched_gemm(bool trans_a, const float* a, int64_t lda, const float* b, float* c, int64_t batch, int64_t m,
+                  int64_t n, int64_t k) {
+  const cpu_gemm::Path path = cpu_gemm::choose(cpu_gemm::ShapeClass::kIndicator);
+  const int64_t row_blocks = (m + kBlockRows - 1) / kBlockRows, col_blocks = (n + kBlockCols - 1) / kBlockCols;
+  at::parallel_for(0, batch * row_blocks * col_blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t bi = task / (row_blocks * col_blocks), rest = task % (row_blocks * col_blocks);
+      const int64_t row0 = (rest / col_blocks) * kBlockRows, col0 = (rest % col_blocks) * kBlockCols;
+      const float* a_b = a + bi * m * k + (trans_a ? row0 : row0 * lda);
+      cpu_gemm::sgemm(path, trans_a, false, std::min(kBlockRows, m - row0), std::min(kBlockCols, n - col0), k, 1.0f,
+                      a_b, lda, b + bi * k * n + col0, n, 0.0f, c + bi * m * n + row0 * n + col0, n);
+    }
+  });
+}
+
 at::ScalarType acc_type(const at::Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
 void check_pair(const at::Tensor& p, const at::Tensor& x) {
@@ -319,6 +345,10 @@ at::Tensor indicator_matmul_cpu(const at::Tensor& p_in, const at::Tensor& x_in) 
   const at::Tensor p = p_in.to(acc).contiguous(), x = x_in.to(acc).contiguous();
   const int64_t batch = p.size(0), k = p.size(1), length = p.size(2), dim = x.size(2);
   at::Tensor out = new_output({batch, k, dim}, x.options());
+  if (dense_indicators(p)) {
+    batched_gemm(false, p.data_ptr<float>(), length, x.data_ptr<float>(), out.data_ptr<float>(), batch, k, dim, length);
+    return out.to(x_in.scalar_type());
+  }
   AT_DISPATCH_FLOATING_TYPES(acc, "indicator_matmul", [&] {
     select_rows<scalar_t>(p.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), batch, k,
                           length, dim);
@@ -340,8 +370,13 @@ std::tuple<at::Tensor, at::Tensor> indicator_matmul_backward_cpu(const at::Tenso
   at::Tensor grad_x, grad_p;
   if (need_x) grad_x = new_output({batch, length, dim}, x.options());
   if (need_indicators) grad_p = new_output({batch, k, length}, x.options());
+  const bool dense = need_x && dense_indicators(p);
+  if (dense) {
+    batched_gemm(true, p.data_ptr<float>(), length, grad.data_ptr<float>(), grad_x.data_ptr<float>(), batch, length,
+                 dim, k);
+  }
   AT_DISPATCH_FLOATING_TYPES(acc, "indicator_matmul_backward", [&] {
-    if (need_x) {
+    if (need_x && !dense) {
       scatter_rows_t<scalar_t>(p.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(), grad_x.data_ptr<scalar_t>(), batch,
                                k, length, dim);
     }

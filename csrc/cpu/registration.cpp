@@ -3,19 +3,20 @@
 // (csrc/cpu/<op>.cpp for CPU, csrc/cuda/<op>_binding.cpp for CUDA).
 // The public, autograd-aware ops live in Python (vidsel/ops) and call these.
 #include "cpu/common.h"
+#include "cpu/gemm.h"
 #include "cpu/gemm_f32.h"
 
 #include <string>
 
 namespace {
-// What the CPU kernels were compiled for (python -m vidsel.info): without AVX-512 the attention tiles and
-// patch projections fall back to the BLAS / convolutions, several times slower on AMD CPUs.
+// What the CPU kernels were compiled for (python -m vidsel.info): without AVX-512 only the BLAS is a GEMM
+// contender (cpu/gemm.h), several times slower than vidsel's tiles on AMD CPUs.
 std::string cpu_features() {
   std::string features;
 #if defined(VIDSEL_HAVE_AVX512_GEMM)
-  features += "avx512 (vidsel GEMM)";
+  features += "avx512 (vidsel GEMM available)";
 #else
-  features += "no avx512 (BLAS / convolution GEMMs)";
+  features += "no avx512 (BLAS GEMM only)";
 #endif
 #if defined(__AVX2__)
   features += ", avx2";
@@ -27,12 +28,24 @@ std::string cpu_features() {
 }
 }  // namespace
 
+namespace vidsel::cpu_gemm {
+at::Tensor gemm_on_path(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, bool trans_a, bool trans_b,
+                        double beta, std::string path);
+}
+
 TORCH_LIBRARY(vidsel_C, m) {
   // Utilities (no tensors, no device kernels).
   m.def("set_debug_fill(bool enabled) -> ()", &vidsel::set_debug_fill);
   m.def("cpu_features() -> str", &cpu_features);
+  // Runtime GEMM choice (csrc/cpu/gemm.h): one line per shape class; force "auto" | "vidsel" | "blas".
+  m.def("cpu_gemm_report() -> str[]", &vidsel::cpu_gemm::report);
+  m.def("set_cpu_gemm_mode(str mode) -> ()", [](std::string mode) { vidsel::cpu_gemm::set_mode(mode); });
+  m.def("cpu_gemm_mode() -> str", &vidsel::cpu_gemm::mode);
+  m.def("cpu_gemm_on_path(Tensor a, Tensor b, Tensor c, bool trans_a, bool trans_b, float beta, str path) -> Tensor",
+        &vidsel::cpu_gemm::gemm_on_path);
 
-  // Token merging (TESTA §3.2.2, ToMe). partition: 0 = alternate, 1 = importance.
+  // Token merging (TESTA §3.2.2, ToMe). partition: 0 = alternate (ToMe parity), 1 = importance,
+  // 2 = alternate with the parity restarted after the protected tokens.
   m.def(
       "bipartite_match(Tensor metric, int r, int partition, Tensor? importance, int protected_tokens)"
       " -> (Tensor kept_index, Tensor merged_index, Tensor merged_into, Tensor dst_index)");

@@ -4,6 +4,8 @@
 //   Fused: cosine similarity, per-row max/argmax and the top-r pick happen tile by tile; the
 //   (|A| x |B|) similarity matrix is never stored. Per batch row the kernel keeps only the
 //   L2-normalised A rows, a transposed copy of the normalised B rows and one best score per A row.
+//   float32 similarity blocks (64 A rows x up to 1024 B rows) run on the GEMM chosen per machine
+//   (cpu/gemm.h) and are reduced to max/argmax while in cache; float64 uses the register tile below.
 //
 // Row scatter/gather behind merge / unmerge ("merge them by averaging"; ToMe merge_wavg):
 //
@@ -14,6 +16,7 @@
 // sort of dst_index, O(N) per batch row, stable so sums run in input order), then every output row
 // is summed from its sources while it sits in L1 and written once. No zero-fill pass, no atomics.
 #include "cpu/common.h"
+#include "cpu/gemm.h"
 
 #include <ATen/OpMathType.h>
 
@@ -38,7 +41,9 @@ constexpr int64_t kRowTile = sizeof(acc_t) == 4 ? 8 : 4;
 constexpr int64_t kColTile = 32;
 constexpr double kNormEps = 1e-12;  // as torch.nn.functional.normalize
 
-enum PartitionKind : int64_t { kAlternate = 0, kImportance = 1 };
+// kAlternate counts parity from position 0 (ToMe/TESTA: a protected CLS is A's first slot);
+// kAlternateAfterProtected restarts it after the protected tokens.
+enum PartitionKind : int64_t { kAlternate = 0, kImportance = 1, kAlternateAfterProtected = 2 };
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
@@ -48,10 +53,11 @@ struct Partition {
   std::vector<int64_t> b_pos;
 };
 
-Partition alternate_partition(int64_t n, int64_t protected_tokens) {
+Partition alternate_partition(int64_t n, int64_t protected_tokens, int64_t partition) {
+  const int64_t parity_origin = partition == kAlternateAfterProtected ? protected_tokens : 0;
   Partition p;
   for (int64_t i = protected_tokens; i < n; ++i) {
-    ((i - protected_tokens) % 2 == 0 ? p.a_pos : p.b_pos).push_back(i);
+    ((i - parity_origin) % 2 == 0 ? p.a_pos : p.b_pos).push_back(i);
   }
   return p;
 }
@@ -152,6 +158,35 @@ void best_partner_tile(const acc_t* a, const acc_t* bt, int64_t c_dim, int64_t n
   }
 }
 
+constexpr int64_t kSimRows = 64;    // A rows per float32 similarity block (a multiple of kRowTile<float>)
+constexpr int64_t kSimCols = 1024;  // B rows per block: 64 x 1024 floats = 256 KiB, stays in L2
+
+// float32: for `rows` A rows, the best cosine similarity over all B rows and its first index.
+void best_partner_block(cpu_gemm::Path path, const float* a, const float* bt, int64_t c_dim, int64_t rows,
+                        int64_t nb, int64_t nb_pad, float* best, int64_t* best_index) {
+  thread_local std::vector<float> sim;
+  sim.resize(kSimRows * kSimCols);
+  for (int64_t r = 0; r < rows; ++r) {
+    best[r] = -std::numeric_limits<float>::infinity();
+    best_index[r] = 0;
+  }
+  for (int64_t j0 = 0; j0 < nb; j0 += kSimCols) {
+    const int64_t cols = std::min(kSimCols, nb - j0);
+    cpu_gemm::sgemm(path, false, false, rows, cols, c_dim, 1.0f, a, c_dim, bt + j0, nb_pad, 0.0f, sim.data(), cols);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* s = sim.data() + r * cols;
+      float row_max = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : row_max)
+      for (int64_t j = 0; j < cols; ++j) row_max = std::max(row_max, s[j]);
+      if (!(row_max > best[r])) continue;  // strict: an earlier block keeps ties
+      int64_t j = 0;
+      while (s[j] != row_max) ++j;  // the first maximum
+      best[r] = row_max;
+      best_index[r] = j0 + j;
+    }
+  }
+}
+
 // Writes the four index outputs of one batch row given which A rows merge and into which B row.
 void write_matching(int64_t n, const Partition& part, const std::vector<int64_t>& merging_a,
                     const std::vector<int64_t>& partner, int64_t* kept, int64_t* merged,
@@ -188,8 +223,8 @@ std::vector<at::Tensor> bipartite_match_impl(const at::Tensor& metric, int64_t r
   at::Tensor imp;
   if (partition == kImportance) imp = importance->to(at::kDouble).contiguous();
   for (int64_t b = 0; b < batch; ++b) {
-    parts[b] = partition == kAlternate
-                   ? alternate_partition(n, protected_tokens)
+    parts[b] = partition != kImportance
+                   ? alternate_partition(n, protected_tokens, partition)
                    : importance_partition(imp.data_ptr<double>() + b * n, n, r, protected_tokens);
   }
 
@@ -204,7 +239,19 @@ std::vector<at::Tensor> bipartite_match_impl(const at::Tensor& metric, int64_t r
   const int64_t tiles_per_row = na_pad / kRowTile<acc_t>;
   std::vector<std::vector<acc_t>> best(batch, std::vector<acc_t>(na_pad));
   std::vector<std::vector<int64_t>> partner(batch, std::vector<int64_t>(na_pad));
-  if (r > 0) {
+  if (r > 0 && std::is_same_v<acc_t, float>) {
+    const cpu_gemm::Path path = cpu_gemm::choose(cpu_gemm::ShapeClass::kSimilarity);
+    const int64_t na = packed.empty() ? 0 : packed[0].na, blocks = (na + kSimRows - 1) / kSimRows;
+    at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t b = t / blocks, row0 = (t % blocks) * kSimRows;
+        const PackedRow<acc_t>& p = packed[b];
+        best_partner_block(path, reinterpret_cast<const float*>(p.a.data()) + row0 * c_dim,
+                           reinterpret_cast<const float*>(p.bt.data()), c_dim, std::min(kSimRows, na - row0), p.nb,
+                           p.nb_pad, reinterpret_cast<float*>(best[b].data()) + row0, partner[b].data() + row0);
+      }
+    });
+  } else if (r > 0) {
     at::parallel_for(0, batch * tiles_per_row, 1, [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
         const int64_t b = t / tiles_per_row, row0 = (t % tiles_per_row) * kRowTile<acc_t>;
@@ -220,7 +267,7 @@ std::vector<at::Tensor> bipartite_match_impl(const at::Tensor& metric, int64_t r
       const int64_t na = packed[b].na;
       std::vector<int64_t> merging(na);
       std::iota(merging.begin(), merging.end(), 0);
-      if (partition == kAlternate) {
+      if (partition != kImportance) {
         // Top-r pairs by similarity (ties: lower position first) without a full sort.
         const std::vector<acc_t>& s = best[b];
         auto more_similar = [&](int64_t i, int64_t j) { return s[i] > s[j] || (s[i] == s[j] && i < j); };
@@ -243,9 +290,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bipartite_match_cpu(
   TORCH_CHECK(at::isFloatingType(metric_in.scalar_type()), "vidsel: metric must be floating point");
   const int64_t n = metric_in.size(1);
   TORCH_CHECK(protected_tokens >= 0 && protected_tokens <= n, "vidsel: protected_tokens out of range");
-  TORCH_CHECK(partition == kAlternate || partition == kImportance, "vidsel: unknown partition ", partition);
+  TORCH_CHECK(partition == kAlternate || partition == kImportance || partition == kAlternateAfterProtected,
+              "vidsel: unknown partition ", partition);
   const int64_t free_tokens = n - protected_tokens;
-  if (partition == kAlternate) {
+  if (partition != kImportance) {
     TORCH_CHECK(r >= 0 && r <= free_tokens / 2, "vidsel: r=", r, " must be in [0, ", free_tokens / 2, "]");
   } else {
     TORCH_CHECK(r >= 0 && r < std::max<int64_t>(free_tokens, 1), "vidsel: r=", r, " out of range");

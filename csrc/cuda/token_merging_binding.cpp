@@ -12,7 +12,7 @@
 namespace vidsel::cuda {
 namespace {
 
-constexpr int64_t kAlternate = 0;
+constexpr int64_t kImportance = 1, kAlternateAfterProtected = 2;
 
 // Positions of `scores` (B, M) from best to worst: larger first, NaN after every number, ties to the
 // lower position (the ranks_ahead rule of the kernels). Two stable sorts: by value, then NaN-ness.
@@ -43,10 +43,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bipartite_match_cuda(
   const at::Tensor free = at::arange(protected_tokens, n, long_opts);
 
   at::Tensor a_pos, b_pos;
-  if (partition == kAlternate) {
+  if (partition != kImportance) {
     TORCH_CHECK(r <= free_tokens / 2, "vidsel(cuda): r too large for the alternate partition");
-    a_pos = free.slice(0, 0, c10::nullopt, 2).expand({batch, -1}).contiguous();
-    b_pos = free.slice(0, 1, c10::nullopt, 2).expand({batch, -1}).contiguous();
+    // ToMe parity (A = even, B = odd positions) unless it restarts after the protected tokens.
+    const int64_t shift = partition == kAlternateAfterProtected ? 0 : protected_tokens % 2;
+    a_pos = free.slice(0, shift, c10::nullopt, 2).expand({batch, -1}).contiguous();
+    b_pos = free.slice(0, 1 - shift, c10::nullopt, 2).expand({batch, -1}).contiguous();
   } else {
     TORCH_CHECK(importance.has_value(), "vidsel(cuda): importance partition needs importance");
     VIDSEL_CHECK_CUDA(*importance, "importance");
@@ -67,8 +69,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bipartite_match_cuda(
                  "bipartite_match");
   }
 
-  at::Tensor chosen = partition == kAlternate ? rank_descending_nan_last(scores).slice(1, 0, r)
-                                              : at::arange(na, long_opts).expand({batch, -1});
+  at::Tensor chosen = partition != kImportance ? rank_descending_nan_last(scores).slice(1, 0, r)
+                                               : at::arange(na, long_opts).expand({batch, -1});
   chosen = std::get<0>(at::sort(chosen, 1));
   const at::Tensor merged_index = a_pos.gather(1, chosen);
   const at::Tensor merged_into = b_pos.gather(1, partner.gather(1, chosen));

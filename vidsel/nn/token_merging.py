@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from vidsel import ops
+from vidsel.ops.token_merging import PARTITIONS
 
 
 class TokenMerging(nn.Module):
@@ -19,7 +20,8 @@ class TokenMerging(nn.Module):
     Args:
         r: tokens to remove per call; clamped to ``min(r, (N - protected) // 2)`` (the bipartite
             limit: at most half of the free tokens can merge), so N -> N - removed(N).
-        partition: "alternate" (geometry-based) or "importance" (TESTA eq. 1, needs `importance`).
+        partition: "alternate" (geometry-based, ToMe parity), "alternate_after_protected" (parity
+            restarted after the protected tokens) or "importance" (TESTA eq. 1, needs `importance`).
         protected: leading tokens that never merge (e.g. CLS, or frame 0 in TESTA's TAM).
         impl: backend of the ops ("auto" | "reference" | "cpu" | "triton" | "cuda").
     """
@@ -28,8 +30,8 @@ class TokenMerging(nn.Module):
         super().__init__()
         if not isinstance(r, int) or r < 0:
             raise ValueError(f"r must be a non-negative int, got {r!r}")
-        if partition not in ("alternate", "importance"):
-            raise ValueError(f"partition must be 'alternate' or 'importance', got {partition!r}")
+        if partition not in PARTITIONS:
+            raise ValueError(f"partition must be one of {tuple(PARTITIONS)}, got {partition!r}")
         self.r, self.partition, self.protected, self.impl = r, partition, protected, impl
 
     def removed(self, n: int) -> int:

@@ -32,7 +32,11 @@ from vidsel.ops._dispatch import PREFER_TRITON_ON_GPU, OpBackends, resolve, run_
 from vidsel.ops._validation import check_choice, check_finite, check_int, check_tensor
 from vidsel.reference import token_merging as reference
 
-PARTITIONS = {"alternate": reference.ALTERNATE, "importance": reference.IMPORTANCE}
+PARTITIONS = {
+    "alternate": reference.ALTERNATE,
+    "importance": reference.IMPORTANCE,
+    "alternate_after_protected": reference.ALTERNATE_AFTER_PROTECTED,
+}
 
 
 class Matching(NamedTuple):
@@ -59,8 +63,9 @@ class Matching(NamedTuple):
 
 
 def _partition_sizes(n: int, r: int, kind: int, protected: int) -> tuple[int, int]:
-    free = n - protected
-    return ((free + 1) // 2, free // 2) if kind == reference.ALTERNATE else (r, free - r)
+    if kind == reference.IMPORTANCE:
+        return r, n - protected - r
+    return reference.alternate_sizes(n, kind, protected)
 
 
 def _bipartite_match_triton(metric, r, kind, importance, protected):
@@ -124,8 +129,11 @@ def bipartite_match(
         metric: (B, N, C) token features compared by cosine similarity (TESTA: attention keys).
         r: number of tokens to remove. alternate: 0 <= r <= (N - protected) // 2;
             importance: 0 <= r < N - protected (or r = 0).
-        partition: "alternate" — A = even, B = odd positions after the protected tokens (geometry-
-            based); each A token finds its most similar B token and the r most similar pairs merge.
+        partition: "alternate" — A = even, B = odd positions (geometry-based, ToMe/TESTA-exact:
+            a protected CLS is A's first slot, a second protected token B's first, both only
+            excluded from matching); each A token finds its most similar B token and the r most
+            similar pairs merge. "alternate_after_protected" — the same, but the parity restarts
+            after the protected tokens (A = protected, protected + 2, ...).
             "importance" — A = the r least important tokens by `importance` (TESTA eq. 1, attention
             received), B = the rest; every A token merges into its most similar B token.
         importance: (B, N) scores, required for partition="importance".
@@ -140,7 +148,7 @@ def bipartite_match(
     check_choice("partition", partition, tuple(PARTITIONS))
     check_int("protected", protected, 0, n)
     kind = PARTITIONS[partition]
-    if kind == reference.ALTERNATE:
+    if kind != reference.IMPORTANCE:
         check_int("r", r, 0, (n - protected) // 2)
         if importance is not None:
             raise ValueError("importance is only used with partition='importance'")

@@ -3,6 +3,10 @@
 TESTA §3.2.2: partition the N tokens into sets A and B, find for each token of A its most similar
 token of B by cosine similarity of the attention keys, and merge R of the pairs by averaging.
   * geometry-based ("alternate"): A and B alternate along the sequence; the R most similar pairs merge.
+    As in ToMe and TESTA, parity counts from position 0: A = even, B = odd positions, and the
+    `protected` leading tokens (ToMe's class token = A's first slot, distillation token = B's first
+    slot) are only excluded from matching. "alternate_after_protected" instead restarts the parity
+    after the protected tokens (A = protected, protected + 2, ...).
   * importance-based: A = the R least important tokens by S_i = sum_{j != i} A_ji (eq. 1); all merge.
 Merging is ToMe's size-weighted average: x' = sum_i s_i x_i / sum_i s_i, s' = sum_i s_i.
 
@@ -15,16 +19,32 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-ALTERNATE, IMPORTANCE = 0, 1
+ALTERNATE, IMPORTANCE, ALTERNATE_AFTER_PROTECTED = 0, 1, 2
+
+
+def alternate_starts(kind: int, protected: int) -> tuple[int, int]:
+    """First A and first B position of an alternate partition (each set then steps by 2)."""
+    if kind == ALTERNATE_AFTER_PROTECTED:
+        return protected, protected + 1
+    odd = protected % 2  # ToMe parity: A = even, B = odd positions among the free tokens
+    return protected + odd, protected + 1 - odd
+
+
+def alternate_sizes(n: int, kind: int, protected: int) -> tuple[int, int]:
+    """|A|, |B| of an alternate partition of n tokens."""
+    a0, b0 = alternate_starts(kind, protected)
+    return max(0, (n - a0 + 1) // 2), max(0, (n - b0 + 1) // 2)
 
 
 def partition_positions(
     batch: int, n: int, r: int, kind: int, importance: torch.Tensor | None, protected: int, device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Positions of A (B, |A|) and B (B, |B|) tokens, each row ascending."""
+    if kind != IMPORTANCE:
+        a0, b0 = alternate_starts(kind, protected)
+        a_pos = torch.arange(a0, n, 2, device=device)
+        return a_pos.expand(batch, -1), torch.arange(b0, n, 2, device=device).expand(batch, -1)
     free = torch.arange(protected, n, device=device)
-    if kind == ALTERNATE:
-        return free[0::2].expand(batch, -1), free[1::2].expand(batch, -1)
     order = torch.sort(importance[:, protected:], dim=1, stable=True).indices  # least important first
     a_pos = torch.sort(free[order[:, :r]], dim=1).values
     b_pos = torch.sort(free[order[:, r:]], dim=1).values
@@ -48,7 +68,7 @@ def matching_from_partners(
     Returns kept_index (B, N-r), merged_index (B, r) ascending, merged_into (B, r), dst_index (B, N).
     """
     batch = a_pos.shape[0]
-    if kind == ALTERNATE:  # the r most similar pairs, ties to the lower position
+    if kind != IMPORTANCE:  # the r most similar pairs, ties to the lower position
         chosen = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :r]
     else:  # every A token merges
         chosen = torch.arange(a_pos.shape[1], device=a_pos.device).expand(batch, -1)
