@@ -119,7 +119,8 @@ def cpu_identity() -> dict[str, str]:
 
 
 def cpu_gemm_report() -> list[str]:
-    """Per GEMM shape class of the CPU kernels, the path chosen here ("<class>: vidsel|blas (why)").
+    """Per GEMM shape class of the CPU kernels, the path chosen here ("<class>: vidsel|blas (why)"), then
+    (unless forced) "calibration: <ms> of the 50 ms budget".
 
     Calibrates (once per process, <= 50 ms) the classes not used yet. [] without the C++ extension.
     """
@@ -130,7 +131,8 @@ def cpu_gemm_report() -> list[str]:
 
 def cpu_gemm_paths() -> dict[str, str]:
     """{shape class: "vidsel" | "blas"} as chosen on this machine (see cpu_gemm_report)."""
-    return {line.split(":")[0]: line.split(":")[1].split()[0] for line in cpu_gemm_report()}
+    lines = [line for line in cpu_gemm_report() if not line.startswith("calibration:")]
+    return {line.split(":")[0]: line.split(":")[1].split()[0] for line in lines}
 
 
 def set_cpu_gemm_mode(mode: str) -> str:

@@ -71,7 +71,7 @@ void col2im_kernel(const scalar_t* cols, const PatchGeometry& g, int64_t count, 
 // Every job owns a block of kDirectRows tokens of one clip: it gathers their patches into a per-thread
 // matrix (kept in L2), writes bias + PE into the output rows, and accumulates cols · Wᵀ on top with the
 // float32 GEMM chosen per machine (cpu/gemm.h: vidsel's AVX-512 tiles or the BLAS torch links, each
-// single-threaded inside the task). So each token is written once, straight into the output: no
+// single-threaded inside the job). So each token is written once, straight into the output: no
 // convolution result, channels-last input or per-chunk weight copies.
 constexpr int64_t kDirectRows = 96;  // a multiple of the GEMM's 6-row tiles; 96 x 768 floats = 288 KiB
 

@@ -316,8 +316,8 @@ void batched_gemm(bool trans_a, const float* a, int64_t lda, const float* b, flo
   const cpu_gemm::Path path = cpu_gemm::choose(cpu_gemm::ShapeClass::kIndicator);
   const int64_t row_blocks = (m + kBlockRows - 1) / kBlockRows, col_blocks = (n + kBlockCols - 1) / kBlockCols;
   at::parallel_for(0, batch * row_blocks * col_blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t bi = task / (row_blocks * col_blocks), rest = task % (row_blocks * col_blocks);
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t bi = job / (row_blocks * col_blocks), rest = job % (row_blocks * col_blocks);
       const int64_t row0 = (rest / col_blocks) * kBlockRows, col0 = (rest % col_blocks) * kBlockCols;
       const float* a_b = a + bi * m * k + (trans_a ? row0 : row0 * lda);
       cpu_gemm::sgemm(path, trans_a, false, std::min(kBlockRows, m - row0), std::min(kBlockCols, n - col0), k, 1.0f,
