@@ -36,7 +36,7 @@ struct Shape {
   float beta;
 };
 
-// Representative products, as the kernels issue them (per thread, inside a parallel region).
+// Representative products, as the kernels call them (per thread, inside a parallel region).
 constexpr std::array<Shape, kShapeClasses> kShapes = {{
     {"attention_tile", false, true, 256, 512, 64, 0.0f},
     {"patch_projection", false, false, 96, 768, 768, 1.0f},
