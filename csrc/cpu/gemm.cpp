@@ -199,6 +199,11 @@ std::vector<std::string> report() {
                     forced.c_str());
     } else {
       const Calibration& cal = calibration(static_cast<ShapeClass>(i));
+      if (cal.vidsel_ms < 0) {  // not timed: no AVX-512, or the budget was spent
+        std::snprintf(line, sizeof(line), "%s: %s (%s)", s.name, path_name(cal.path), cal.why);
+        lines.emplace_back(line);
+        continue;
+      }
       std::snprintf(line, sizeof(line), "%s: %s (%s; %lldx%lldx%lld: vidsel %.3f ms, blas %.3f ms)", s.name,
                     path_name(cal.path), cal.why, static_cast<long long>(s.m), static_cast<long long>(s.n),
                     static_cast<long long>(s.k), cal.vidsel_ms, cal.blas_ms);
