@@ -14,9 +14,9 @@ namespace {
 std::string cpu_features() {
   std::string features;
 #if defined(VIDSEL_HAVE_AVX512_GEMM)
-  features += "avx512 (vidsel GEMM available)";
+  features += "avx512 (vidsel GEMM)";
 #else
-  features += "no avx512 (BLAS GEMM only)";
+  features += "no avx512 (BLAS GEMM)";
 #endif
 #if defined(__AVX2__)
   features += ", avx2";

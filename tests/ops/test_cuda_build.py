@@ -30,6 +30,9 @@ def _cuda_library() -> str:
 def _vidsel_ops() -> list[str]:
     names = torch._C._dispatch_get_all_op_names()
     utilities = {"vidsel_C::set_debug_fill", "vidsel_C::cpu_features"}  # no tensors, no device kernels
+    # The CPU GEMM choice (csrc/cpu/gemm.h): its report / mode switches and its CPU-only test hook.
+    utilities |= {"vidsel_C::cpu_gemm_report", "vidsel_C::set_cpu_gemm_mode", "vidsel_C::cpu_gemm_mode",
+                  "vidsel_C::cpu_gemm_on_path"}
     return sorted(n for n in names if n.startswith("vidsel_C::") and n not in utilities)
 
 
