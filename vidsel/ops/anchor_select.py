@@ -21,9 +21,10 @@ from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
 from vidsel.ops._dispatch import OpBackends, resolve, run_backend
-from vidsel.ops._validation import check_choice, check_finite, check_tensor
+from vidsel.ops._validation import check_choice, check_tensor
 from vidsel.ops.perturbed_topk import PERTURBED_TOPK, PERTURBED_TOPK_BACKWARD, perturbed_topk
 from vidsel.reference import anchor_select as reference
+from vidsel.reference.topk_gather import ranking
 
 MODES = ("hard", "perturbed")
 
@@ -43,7 +44,6 @@ ANCHOR_GATHER_BACKWARD = OpBackends("anchor_gather_backward", reference=_referen
 
 @torch.library.custom_op("vidsel::anchor_scores", mutates_args=())
 def _anchor_scores(scores: Tensor, anchor_h: int, anchor_w: int, stride_h: int, stride_w: int, impl: str) -> Tensor:
-    check_finite("scores", scores)
     return run_backend(ANCHOR_SCORES, impl, scores, anchor_h, anchor_w, stride_h, stride_w)
 
 
@@ -239,7 +239,7 @@ def anchor_select(
     if mode == "hard":
         # float64 means: exact sums for float32/16 scores, so every backend picks the same anchor.
         means = _anchor_scores(flat_scores.detach().double(), ah, aw, sh, sw, impl)
-        weights = torch.nn.functional.one_hot(torch.argmax(means, dim=1), means.shape[1]).to(x.dtype)
+        weights = torch.nn.functional.one_hot(ranking(means)[:, 0], means.shape[1]).to(x.dtype)
     else:
         means = _anchor_scores(flat_scores, ah, aw, sh, sw, impl)
         weights = perturbed_topk(means, 1, num_samples=num_samples, sigma=sigma, seed=seed, impl=impl)[:, 0]
