@@ -239,3 +239,115 @@ def test_anchor_reference_is_exact_for_small_windows_next_to_huge_ones():
     scores = torch.tensor([[[1e-3, 1e-3, -3.4e38, -3.4e38]]], dtype=torch.float32)
     means = ops.anchor_scores(scores, (1, 2), (1, 1), impl="reference")
     assert means[0, 0].item() == pytest.approx(1e-3) and math.isfinite(means[0, 1].item())
+
+
+# ---------------------------------------------------------------- empty merges, Matching, draws
+
+
+@pytest.mark.parametrize("impl", BACKENDS)
+@pytest.mark.parametrize("batch, n", [(0, 6), (2, 0), (0, 0)])
+def test_merge_and_unmerge_accept_empty_inputs(impl, batch, n):
+    empty = torch.zeros(batch, n, dtype=torch.int64)
+    matching = ops.Matching(empty, torch.zeros(batch, 0, dtype=torch.int64), torch.zeros(batch, 0, dtype=torch.int64),
+                            empty)
+    x = torch.randn(batch, n, 3)
+    merged, size = ops.merge(x, matching, impl=impl)
+    assert merged.shape == (batch, n, 3) and size.shape == (batch, n)
+    assert ops.unmerge(merged, matching, impl=impl).shape == (batch, n, 3)
+    frames = torch.randn(batch, n, 2, 3)
+    assert ops.merge(frames, matching, impl=impl)[0].shape == (batch, n, 2, 3)
+
+
+@pytest.mark.parametrize("impl", BACKENDS)
+def test_matching_with_int32_indices_is_rejected_on_every_backend(impl):
+    matching = ops.bipartite_match(torch.randn(1, 6, 4), 2, impl="reference")
+    as_int32 = ops.Matching(*(t.to(torch.int32) for t in matching))
+    with pytest.raises(TypeError, match="matching.kept_index must have dtype"):
+        ops.merge(torch.randn(1, 6, 3), as_int32, impl=impl)
+    with pytest.raises(TypeError, match="matching.kept_index must have dtype"):
+        ops.unmerge(torch.randn(1, 4, 3), as_int32, impl=impl)
+
+
+@pytest.mark.parametrize("impl", BACKENDS)
+def test_gumbel_topk_needs_at_least_one_item(impl):
+    with pytest.raises(ValueError, match="L >= 1"):
+        ops.gumbel_topk(torch.randn(2, 0), 1, seed=0, impl=impl)
+
+
+# ---------------------------------------------------------------- double backward
+
+
+def _double_backward_cases():
+    def perturbed(impl):
+        s = torch.randn(2, 5, dtype=torch.float64, requires_grad=True)
+        return s, ops.perturbed_topk(s, 2, num_samples=4, seed=0, impl=impl)
+
+    def gumbel(impl):
+        s = torch.randn(2, 5, dtype=torch.float64, requires_grad=True)
+        return s, ops.gumbel_topk(s, 2, hard=False, seed=0, impl=impl)
+
+    def anchor(impl):
+        x = torch.randn(1, 1, 4, 4, 2, dtype=torch.float64, requires_grad=True)
+        return x, ops.anchor_select(x, torch.randn(1, 1, 4, 4, dtype=torch.float64), 2, impl=impl)
+
+    def attention(impl):
+        q = torch.randn(1, 1, 4, 3, dtype=torch.float64, requires_grad=True)
+        return q, ops.chunk_causal_attention(q, q, q, chunk_size=2, impl=impl)
+
+    def embed(impl):
+        inputs, params, patch = _embed_case()
+        inputs = [t.double().requires_grad_() for t in inputs]
+        params = CompressedEmbedParams(*(p.double() for p in params))
+        return inputs[0], ops.compressed_patch_embed(*inputs, params, patch=patch, impl=impl)
+
+    return {"perturbed_topk": perturbed, "gumbel_topk": gumbel, "anchor_select": anchor,
+            "chunk_causal_attention": attention, "compressed_patch_embed": embed}
+
+
+@pytest.mark.parametrize("impl", BACKENDS)
+@pytest.mark.parametrize("name", list(_double_backward_cases()))
+def test_double_backward_is_refused_naming_the_op(impl, name):
+    inp, out = _double_backward_cases()[name](impl)
+    (grad,) = torch.autograd.grad(out.square().sum(), inp, create_graph=True)
+    with pytest.raises(RuntimeError, match=f"{name}: double backward"):
+        grad.sum().backward()
+
+
+# ---------------------------------------------------------------- torch.compile
+
+
+@pytest.mark.parametrize("impl", BACKENDS)
+def test_chunk_attention_compiles_over_changing_lengths(impl):
+    torch._dynamo.reset()
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    fn = torch.compile(lambda q: ops.chunk_causal_attention(q, q, q, chunk_size=3, impl=impl), fullgraph=True,
+                       backend="aot_eager")
+    for length in (7, 9, 10):
+        q = torch.randn(1, 2, length, 4)
+        torch.testing.assert_close(fn(q), ops.chunk_causal_attention(q, q, q, chunk_size=3, impl=impl))
+    assert sum(counters["stats"].values()) >= 1  # it compiled (one graph per distinct chunk layout)
+
+
+@pytest.mark.parametrize("impl", BACKENDS)
+def test_perturbed_and_gumbel_compile_with_dynamic_shapes(impl):
+    torch._dynamo.reset()
+    perturbed = torch.compile(lambda s, sigma: ops.perturbed_topk(s, 2, num_samples=4, sigma=sigma, seed=1, impl=impl),
+                              fullgraph=True, dynamic=True, backend="aot_eager")
+    gumbel = torch.compile(lambda s, tau: ops.gumbel_topk(s, 2, tau=tau, hard=False, seed=1, impl=impl),
+                           fullgraph=True, dynamic=True, backend="aot_eager")
+    for batch, length, value in ((2, 5, 0.1), (3, 6, 0.2)):
+        s = torch.randn(batch, length)
+        assert torch.equal(perturbed(s, value), ops.perturbed_topk(s, 2, num_samples=4, sigma=value, seed=1, impl=impl))
+        torch.testing.assert_close(gumbel(s, value + 1), ops.gumbel_topk(s, 2, tau=value + 1, hard=False, seed=1,
+                                                                          impl=impl))
+
+
+def test_seed_none_under_compile_is_refused_naming_the_alternative():
+    torch._dynamo.reset()
+    fn = torch.compile(lambda s: ops.gumbel_topk(s, 2, impl="reference"), fullgraph=True, backend="aot_eager")
+    with pytest.raises(RuntimeError, match="explicit int seed"):
+        fn(torch.randn(2, 5))
+    fn = torch.compile(lambda s: ops.perturbed_topk(s, 2, impl="reference"), fullgraph=True, backend="aot_eager")
+    with pytest.raises(RuntimeError, match="explicit int seed"):
+        fn(torch.randn(2, 5))

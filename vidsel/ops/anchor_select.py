@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
 from vidsel.ops._dispatch import OpBackends, resolve, run_backend
-from vidsel.ops._validation import check_choice, check_tensor
+from vidsel.ops._validation import check_choice, check_tensor, refuse_double_backward
 from vidsel.ops.perturbed_topk import PERTURBED_TOPK, PERTURBED_TOPK_BACKWARD, perturbed_topk
 from vidsel.reference import anchor_select as reference
 from vidsel.reference.topk_gather import ranking
@@ -132,6 +132,7 @@ def _gather_backward(ctx, grad):
 _anchor_scores.register_autograd(_scores_backward, setup_context=_scores_setup)
 _anchor_scores_backward.register_autograd(_scores_backward_backward, setup_context=_scores_backward_setup)
 _anchor_gather.register_autograd(_gather_backward, setup_context=_gather_setup)
+refuse_double_backward(_anchor_gather_backward, "anchor_select")
 
 
 @register_flop_formula(torch.ops.vidsel.anchor_scores)

@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
 from vidsel.ops._dispatch import OpBackends, resolve, run_backend
-from vidsel.ops._validation import check_int, check_tensor
+from vidsel.ops._validation import check_int, check_tensor, refuse_double_backward
 from vidsel.reference import compressed_patch_embed as reference
 
 NUM_PARAMS = 12
@@ -177,6 +177,7 @@ def _embed_output_like(saved, patch, expand_audio):
 
 
 _embed.register_autograd(_backward, setup_context=_setup)
+refuse_double_backward(_embed_backward, "compressed_patch_embed")
 
 
 def _forward_flops(iframe_shape, motion_shape, audio_shape, dim, patch, fused: bool) -> int:

@@ -12,14 +12,12 @@ every backend draws the same segments; backward regenerates it instead of storin
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
 from vidsel.ops._dispatch import OpBackends, resolve, run_backend
-from vidsel.ops._validation import check_int, check_tensor
+from vidsel.ops._validation import check_int, check_seed, check_tensor, is_finite, refuse_double_backward
 from vidsel.reference import gumbel_topk as reference
 from vidsel.reference import philox
 
@@ -63,6 +61,7 @@ def _backward(ctx, grad):
 
 
 _gumbel_topk.register_autograd(_backward, setup_context=_setup)
+refuse_double_backward(_gumbel_topk_backward, "gumbel_topk")
 
 
 @register_flop_formula(torch.ops.vidsel.gumbel_topk)
@@ -81,17 +80,18 @@ def _gumbel_topk_backward_flops(grad_shape, logits_shape, k, tau, replacement, s
 
 def _check_args(logits, k, tau, hard, replacement, seed) -> tuple[float, int]:
     check_tensor("logits", logits, ndim=2, floating=True)
+    if logits.shape[1] == 0:
+        raise ValueError(f"logits must have L >= 1 items to draw from, got shape {tuple(logits.shape)}")
     check_int("k", k, 1, None if replacement else logits.shape[1])
     if isinstance(tau, bool) or not isinstance(tau, (int, float)):
         raise TypeError(f"tau must be a float, got {type(tau).__name__}")
     # 1/tau must be finite too: a subnormal tau overflows it and every soft draw becomes NaN
-    if not math.isfinite(tau) or tau <= 0 or not math.isfinite(1.0 / tau):
+    if not is_finite(tau) or tau <= 0 or not is_finite(1.0 / tau):
         raise ValueError(f"tau={tau} must be a finite float > 0 whose reciprocal is finite")
     for name, flag in (("hard", hard), ("replacement", replacement)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
-    if seed is None:
-        seed = philox.draw_seed()
+    seed = check_seed(seed, philox.draw_seed)
     check_int("seed", seed, 0, philox.MAX_SEED)
     return float(tau), seed
 

@@ -14,14 +14,12 @@ values live in registers / stack). Every backend draws the same noise and select
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
 from vidsel.ops._dispatch import OpBackends, resolve, run_backend
-from vidsel.ops._validation import check_int, check_tensor
+from vidsel.ops._validation import check_int, check_seed, check_tensor, is_finite, refuse_double_backward
 from vidsel.reference import perturbed_topk as reference
 from vidsel.reference import philox
 
@@ -65,6 +63,7 @@ def _backward(ctx, grad):
 
 
 _perturbed_topk.register_autograd(_backward, setup_context=_setup)
+refuse_double_backward(_perturbed_topk_backward, "perturbed_topk")
 
 
 @register_flop_formula(torch.ops.vidsel.perturbed_topk)
@@ -136,6 +135,7 @@ def _matmul_backward(ctx, grad):
 
 
 _indicator_matmul.register_autograd(_matmul_backward, setup_context=_matmul_setup)
+refuse_double_backward(_indicator_matmul_backward, "perturbed_topk_select")
 
 
 @register_flop_formula(torch.ops.vidsel.indicator_matmul)
@@ -163,10 +163,9 @@ def _check_common(scores: Tensor, k, num_samples, sigma, seed, name: str = "scor
     check_int("num_samples", num_samples, 1)
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
         raise TypeError(f"sigma must be a float, got {type(sigma).__name__}")
-    if not math.isfinite(sigma) or sigma < 0:
+    if not is_finite(sigma) or sigma < 0:
         raise ValueError(f"sigma={sigma} must be a finite float >= 0")
-    if seed is None:
-        seed = philox.draw_seed()
+    seed = check_seed(seed, philox.draw_seed)
     check_int("seed", seed, 0, philox.MAX_SEED)
     return length, float(sigma), seed
 
