@@ -137,10 +137,10 @@ refuse_double_backward(_anchor_gather_backward, "anchor_select")
 
 @register_flop_formula(torch.ops.vidsel.anchor_scores)
 def _anchor_scores_flops(scores_shape, anchor_h, anchor_w, stride_h, stride_w, impl, *args, **kwargs) -> int:
-    """Summed-area table (2 adds per score) and 4 reads combined per anchor."""
+    """One add per window element of every anchor (direct window sums), plus the division."""
     frames, height, width = scores_shape
     rows, cols = reference.anchor_grid(height, width, anchor_h, anchor_w, stride_h, stride_w)
-    return frames * (2 * height * width + 4 * rows * cols)
+    return frames * rows * cols * (anchor_h * anchor_w + 1)
 
 
 @register_flop_formula(torch.ops.vidsel.anchor_scores_backward)
@@ -178,7 +178,9 @@ def anchor_scores(scores: Tensor, anchor, stride=None, *, impl: str = "auto") ->
     """Mean score of every anchor (STTS §3.3): scores (*F, H, W) -> (*F, G), row-major anchor grid.
 
     Differentiable (the gradient spreads evenly over each anchor's window). See anchor_select for
-    anchor and stride.
+    anchor and stride. Every backend sums each window directly in float64 (no prefix-sum table, whose
+    differences lose small windows next to finfo.min-masked or infinite scores); F = 0 is empty; a
+    non-finite score reaches only the anchors covering it.
     """
     check_tensor("scores", scores, floating=True)
     if scores.dim() < 2:
@@ -227,6 +229,10 @@ def anchor_select(
 
     Returns:
         (B, T, h, w, D) in x's dtype.
+
+    Contract: hard picks the best anchor mean, NaN after every number, ties to the lower index;
+    the output is exactly the picked window (other windows, even NaN ones, are never read).
+    Double backward raises RuntimeError.
     """
     check_tensor("x", x, ndim=5, floating=True)
     check_tensor("scores", scores, ndim=4, floating=True, like=x, shape=tuple(x.shape[:4]))

@@ -192,6 +192,11 @@ def chunk_causal_attention(
     Returns:
         (B, H, Lq, Dh): out_i = sum_{j < end(chunk(i))} softmax_j(q_i k_j * scale + key_bias_j) v_j.
         One chunk is full attention; chunk_size=1 is ordinary causal attention.
+
+    Contract: a key of a later chunk never reaches a query, in forward or backward, not even a NaN
+    or inf in it (masked keys do not enter the products at all); visible non-finite values propagate.
+    Under torch.compile each distinct chunk layout (e.g. each sequence length with chunk_size) is
+    one graph. Double backward raises RuntimeError.
     """
     check_tensor("q", q, ndim=4, floating=True)
     check_tensor("k", k, ndim=4, like=q)

@@ -121,6 +121,11 @@ def gumbel_topk(
 
     Returns:
         (B, k, L) in logits' dtype, rows in draw order.
+
+    Contract: L = 0 raises ValueError (nothing to draw), B = 0 gives an empty result. The hard pick
+    is the first maximum of logits + g_t with NaN after every number; NaN logits make the soft rows
+    NaN. tau must be finite, > 0 and have a finite reciprocal. seed=None under torch.compile and
+    double backward raise RuntimeError.
     """
     tau, seed = _check_args(logits, k, tau, hard, replacement, seed)
     impl = resolve("gumbel_topk", impl, logits.device, GUMBEL_TOPK, GUMBEL_TOPK_BACKWARD)

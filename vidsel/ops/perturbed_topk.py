@@ -193,6 +193,11 @@ def perturbed_topk(
     Returns:
         (B, k, L) (or (*G, k, L)) indicators in scores' dtype: entry [i, l] is the fraction of
         samples in which item l is the i-th selected item in input order. Rows sum to 1.
+
+    Contract: B = 0 gives an empty result. Each sample ranks s + sigma Z larger first, NaN after
+    every number, ties to the lower position, so a NaN score is never selected while numbers remain.
+    ValueError/TypeError for bad arguments; seed=None under torch.compile and double backward raise
+    RuntimeError.
     """
     length, sigma, seed = _check_common(scores, k, num_samples, sigma, seed)
     impl = resolve("perturbed_topk", impl, scores.device, PERTURBED_TOPK, PERTURBED_TOPK_BACKWARD)
@@ -223,6 +228,7 @@ def perturbed_topk_select(
         Gradients flow to x (indicators^T grad) and to scores (eq. 8 applied to grad x^T, which
         is only evaluated on the indicators' support). Only the (B, k, L) indicator matrix is
         materialised, never per-sample noise or one-hots; the CPU products skip its zeros.
+        A zero indicator never reads its row of x: non-finite unselected rows cannot reach the output.
     """
     check_tensor("x", x, ndim=3, floating=True)
     check_tensor("scores", scores, ndim=2, floating=True, like=x, shape=(x.shape[0], x.shape[1]))
