@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.vidsel-deps
 export MAX_JOBS ?= 2
 
-.PHONY: setup build test test-fast bench bench-full info clean gpu-check
+.PHONY: setup build test test-fast test-long bench bench-full info clean gpu-check
 
 setup: $(STAMP)
 
@@ -28,6 +28,10 @@ info: build
 test: build
 	$(PY) -m vidsel.info
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -p no:cacheprovider tests
+
+# Longer hypothesis profile (2000 examples per op and backend) for the property tests.
+test-long: build
+	VIDSEL_HYPOTHESIS_PROFILE=long TRITON_INTERPRET=1 $(PY) -m pytest -q -p no:cacheprovider tests/ops/test_properties.py
 
 bench: build
 	$(PY) -m benchmarks.run

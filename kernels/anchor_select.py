@@ -1,6 +1,6 @@
 """Anchor-based spatial selection (STTS §3.3) in Triton.
 
-  anchor scores      summed-area table of each frame (two cumsums in float64), 4 reads per anchor
+  anchor scores      direct float64 window sums (no summed-area table: exact next to huge scores)
   scores backward    every score gathers grad / (h w) of the <= ceil(h/sh) * ceil(w/sw) anchors covering it
   anchor gather      out[f, i, j] = sum_g w[f, g] x[f, top_g + i, left_g + j] (zero weights skipped)
   gather backward    grad_x by the same covering-anchor gather; grad_w[f, g] = <grad[f], x[f, window g]>
@@ -19,38 +19,18 @@ MAX_MAP_SIDE = 128
 
 
 @triton.jit
-def _summed_area_kernel(s_ptr, sat_ptr, H, W, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr):
-    """Row tiles of BLOCK_R rows: row cumsums, then column cumsums plus the carried column totals."""
-    frame = tl.program_id(0).to(tl.int64)
-    q = tl.arange(0, BLOCK_W)
-    carry = tl.zeros([BLOCK_W], dtype=tl.float64)
-    for r0 in range(0, H, BLOCK_R):
-        p = r0 + tl.arange(0, BLOCK_R)
-        mask = (p < H)[:, None] & (q < W)[None, :]
-        s = tl.load(s_ptr + frame * H * W + p[:, None] * W + q[None, :], mask=mask, other=0.0).to(tl.float64)
-        row_sums = tl.cumsum(s, axis=1)
-        sat = tl.cumsum(row_sums, axis=0) + carry[None, :]
-        # sat buffer is (H + 1, W + 1) with a zero first row and column: sat[p + 1, q + 1] = sum s[:p+1, :q+1]
-        tl.store(sat_ptr + frame * (H + 1) * (W + 1) + (p[:, None] + 1) * (W + 1) + q[None, :] + 1, sat, mask=mask)
-        carry += tl.sum(row_sums, axis=0)
-
-
-@triton.jit
-def _anchor_mean_kernel(sat_ptr, out_ptr, H, W, AH, AW, SH, SW, COLS, G, BLOCK_G: tl.constexpr):
+def _anchor_mean_kernel(s_ptr, out_ptr, H, W, AH, AW, SH, SW, COLS, G, BLOCK_G: tl.constexpr):
+    """Float64 mean of every anchor window, summed directly (out is float64)."""
     frame = tl.program_id(0).to(tl.int64)
     g = tl.program_id(1) * BLOCK_G + tl.arange(0, BLOCK_G)
     mask = g < G
     top, left = (g // COLS) * SH, (g % COLS) * SW
-    base = sat_ptr + frame * (H + 1) * (W + 1)
-    bottom, right = top + AH, left + AW
-    total = (
-        tl.load(base + bottom * (W + 1) + right, mask=mask, other=0.0)
-        - tl.load(base + top * (W + 1) + right, mask=mask, other=0.0)
-        - tl.load(base + bottom * (W + 1) + left, mask=mask, other=0.0)
-        + tl.load(base + top * (W + 1) + left, mask=mask, other=0.0)
-    )
-    mean = total / (AH * AW)
-    tl.store(out_ptr + frame * G + g, mean.to(out_ptr.dtype.element_ty), mask=mask)
+    base = s_ptr + frame * H * W
+    total = tl.zeros([BLOCK_G], tl.float64)
+    for dy in range(0, AH):
+        for dx in range(0, AW):
+            total += tl.load(base + (top + dy) * W + left + dx, mask=mask, other=0.0).to(tl.float64)
+    tl.store(out_ptr + frame * G + g, total / (AH * AW), mask=mask)
 
 
 @triton.jit
@@ -158,22 +138,25 @@ def _grid_shape(height, width, ah, aw, sh, sw):
 
 
 def anchor_scores(scores, ah: int, aw: int, sh: int, sw: int):
-    """scores (F, H, W) -> (F, G) anchor means, summed-area table in float64."""
+    """scores (F, H, W) -> (F, G) anchor means, direct window sums in float64.
+
+    Not a summed-area table: differences of large prefix sums lose small windows next to huge
+    (finfo.min-masked) or infinite scores. The float64 means reach half/bfloat16 through float32
+    (the interpreter mishandles a direct float64 -> bfloat16 cast).
+    """
     frames, height, width = scores.shape
     if width > MAX_MAP_SIDE:
         raise ValueError(f"triton anchor_scores handles score maps up to {MAX_MAP_SIDE} wide, got width {width}")
     scores = scores.contiguous()
     rows, cols = _grid_shape(height, width, ah, aw, sh, sw)
-    sat = torch.zeros(frames, height + 1, width + 1, dtype=torch.float64, device=scores.device)
-    out = torch.empty(frames, rows * cols, dtype=scores.dtype, device=scores.device)
+    out = torch.empty(frames, rows * cols, dtype=torch.float64, device=scores.device)
     if frames:
-        block_w = triton.next_power_of_2(width)
-        _summed_area_kernel[(frames,)](scores, sat, height, width, BLOCK_W=block_w,
-                                       **configs.launch("summed_area", block_w, scores.device).kwargs())
         mean = configs.launch("anchor_mean", 1, scores.device)
         _anchor_mean_kernel[(frames, triton.cdiv(rows * cols, mean["BLOCK_G"]))](
-            sat, out, height, width, ah, aw, sh, sw, cols, rows * cols, **mean.kwargs())
-    return out
+            scores, out, height, width, ah, aw, sh, sw, cols, rows * cols, **mean.kwargs())
+    if scores.dtype in (torch.float16, torch.bfloat16):
+        out = out.to(torch.float32)
+    return out.to(scores.dtype)
 
 
 def anchor_scores_backward(grad, height: int, width: int, ah: int, aw: int, sh: int, sw: int):
@@ -232,8 +215,7 @@ def anchor_gather_backward(grad, x, weights, sh: int, sw: int, need_grad_x: bool
 
 
 def aot_specs():
-    """GPU launches of every kernel in every dtype (summed-area table at the widest map row)."""
-    sat = configs.GPU["summed_area"][MAX_MAP_SIDE]
+    """GPU launches of every kernel in every dtype."""
     mean, dot = configs.GPU["anchor_mean"][1], configs.GPU["anchor_dot"][1]
     pixels = configs.GPU["anchor_pixels"][max(configs.GPU["anchor_pixels"])]
     specs = []
@@ -242,10 +224,8 @@ def aot_specs():
         acc_name = configs.TL_NAMES[acc[0]]
         tiles = dict(BLOCK_P=pixels["BLOCK_P"], BLOCK_D=pixels["BLOCK_D"], ACC_DTYPE=acc[1])
         specs += [
-            configs.AotSpec(_summed_area_kernel, "anchor_select", name, sat,
-                            dict(BLOCK_R=sat["BLOCK_R"], BLOCK_W=MAX_MAP_SIDE), types=dict(sat_ptr="*fp64"), data=name),
             configs.AotSpec(_anchor_mean_kernel, "anchor_select", name, mean, dict(BLOCK_G=mean["BLOCK_G"]),
-                            types=dict(sat_ptr="*fp64"), data=name),
+                            types=dict(out_ptr="*fp64"), data=name),
             configs.AotSpec(_anchor_scores_backward_kernel, "anchor_select", name, pixels,
                             dict(BLOCK_P=pixels["BLOCK_P"]), data=name),
             configs.AotSpec(_anchor_gather_kernel, "anchor_select", name, pixels, tiles,

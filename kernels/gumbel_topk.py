@@ -18,12 +18,17 @@ STREAM = tl.constexpr(2)  # vidsel.reference.philox.STREAM_GUMBEL_TOPK
 
 
 @triton.jit
-def _draw(logits, allowed, seed, row, draw, items, inv_tau):
+def _draw(logits, allowed, seed, row, draw, items, inv_tau, BLOCK_L: tl.constexpr):
     """(soft row, hard pick) of one draw given the row's float64 logits and allowed mask."""
     perturbed = logits + philox.gumbel(seed, items, draw, row, STREAM)
     perturbed = tl.where(allowed, perturbed, float("-inf"))
-    pick = tl.argmax(perturbed, axis=0, tie_break_left=True)
-    top = tl.max(perturbed, axis=0)
+    # pick: the first maximum among allowed numbers; NaN ranks after every number (the first allowed
+    # NaN only when no number is left)
+    numeric = allowed & (perturbed == perturbed)
+    top = tl.max(tl.where(numeric, perturbed, float("-inf")), axis=0)
+    has_number = tl.sum(numeric.to(tl.int32), axis=0) > 0
+    candidate = tl.where(has_number, numeric & (perturbed == top), allowed)
+    pick = tl.min(tl.where(candidate, items, BLOCK_L), axis=0)
     weight = tl.where(allowed, tl.exp((perturbed - top) * inv_tau), 0.0)
     return weight / tl.sum(weight, axis=0), pick
 
@@ -38,7 +43,7 @@ def _forward_kernel(logits_ptr, out_ptr, seed, inv_tau_ptr, L, K, HARD: tl.const
     logits = tl.load(logits_ptr + row * L + items, mask=mask, other=0.0).to(tl.float64)
     allowed = mask
     for draw in range(0, K):
-        soft, pick = _draw(logits, allowed, seed, row, draw, items, inv_tau)
+        soft, pick = _draw(logits, allowed, seed, row, draw, items, inv_tau, BLOCK_L)
         if HARD:
             value = (items == pick).to(tl.float64)
         else:
@@ -59,7 +64,7 @@ def _backward_kernel(logits_ptr, grad_ptr, out_ptr, seed, inv_tau_ptr, L, K, REP
     allowed = mask
     acc = tl.zeros((BLOCK_L,), tl.float64)
     for draw in range(0, K):
-        soft, pick = _draw(logits, allowed, seed, row, draw, items, inv_tau)
+        soft, pick = _draw(logits, allowed, seed, row, draw, items, inv_tau, BLOCK_L)
         g = tl.load(grad_ptr + (row * K + draw) * L + items, mask=mask, other=0.0).to(tl.float64)
         acc += soft * (g - tl.sum(g * soft, axis=0)) * inv_tau
         if not REPLACEMENT:

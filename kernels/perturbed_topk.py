@@ -27,7 +27,16 @@ def _perturbed(scores_ptr, seed, sigma, row, sample, L, items):
     mask = items < L
     score = tl.load(scores_ptr + row * L + items, mask=mask, other=0.0).to(tl.float64)
     z = philox.normal(seed, items, sample, row, STREAM)
-    return tl.where(mask, score + sigma * z, float("-inf")), z
+    return tl.where(mask, score + sigma * z, float("nan")), z  # padding ranks after every item
+
+
+@triton.jit
+def _beats(other, other_pos, value, pos):
+    """Whether `other` ranks before `value`: larger first, NaN after every number, then lower position."""
+    nan_other = other != other
+    nan_value = value != value
+    numbers = (other > value) | ((other == value) & (other_pos < pos))
+    return tl.where(nan_other | nan_value, nan_value & ((nan_other == 0) | (other_pos < pos)), numbers)
 
 
 @triton.jit
@@ -37,9 +46,8 @@ def _kept(scores_ptr, seed, sigma, row, sample, value, items, L, K, BLOCK_I: tl.
     for j0 in range(0, L, BLOCK_J):
         others = j0 + tl.arange(0, BLOCK_J)
         other_value, _ = _perturbed(scores_ptr, seed, sigma, row, sample, L, others)
-        before = (other_value[None, :] > value[:, None]) | (
-            (other_value[None, :] == value[:, None]) & (others[None, :] < items[:, None]))
-        rank += tl.sum(before.to(tl.int32), axis=1)
+        rank += tl.sum(_beats(other_value[None, :], others[None, :], value[:, None], items[:, None]).to(tl.int32),
+                       axis=1)
     return (rank < K) & (items < L)
 
 

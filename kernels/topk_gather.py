@@ -1,7 +1,8 @@
 """Hard top-k + row gather (STTS eq. 4 at inference; MIST eq. 5 Top_j) and its backward scatter.
 
 Selection without sorting: the rank of score i in its group is the number of scores that beat it
-(higher, or equal at a lower position: ties to the lower index), counted tile by tile; rank < k
+(higher, or equal at a lower position: ties to the lower index; NaN after every number), counted
+tile by tile; rank < k
 means selected. A second pass places the selected positions — in input order by a running prefix
 count, or at slot = rank for score order. The gather and the backward scatter copy whole rows.
 Row offsets are int64 (groups x rows x features can pass 2**31 elements).
@@ -27,7 +28,11 @@ def _topk_rank_kernel(s_ptr, rank_ptr, N, BLOCK_I: tl.constexpr, BLOCK_J: tl.con
         s_j = tl.load(s_ptr + group * N + j, mask=mask_j, other=0.0)
         higher = s_j[None, :] > s_i[:, None]
         tie_before = (s_j[None, :] == s_i[:, None]) & (j[None, :] < i[:, None])
-        beats = (higher | tie_before) & mask_j[None, :]
+        # NaN ranks after every number, NaNs among themselves by position
+        nan_j = s_j[None, :] != s_j[None, :]
+        nan_i = s_i[:, None] != s_i[:, None]
+        either_nan = nan_i & ((nan_j == 0) | (j[None, :] < i[:, None]))
+        beats = tl.where(nan_i | nan_j, either_nan, higher | tie_before) & mask_j[None, :]
         rank += tl.sum(beats.to(tl.int32), axis=1)
     tl.store(rank_ptr + group * N + i, rank, mask=mask_i)
 

@@ -247,6 +247,8 @@ def count_model(name: str, batch_size: int = 1, device: str | torch.device = "me
     """
     from vidsel.models import create_model
 
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     with torch.device(device):
         model = create_model(name, **overrides)
     inputs = model.example_inputs(batch_size)

@@ -1,7 +1,7 @@
-// Anchor-based spatial selection (STTS §3.3): anchor scores from a summed-area table, and the
+// Anchor-based spatial selection (STTS §3.3): anchor scores as direct window means, and the
 // indicator-weighted sum of the anchor windows (STTS eq. 9 over anchors) with its backward.
 //
-//   anchor_scores:   s_a[b, g] = mean of scores[b] over anchor g      (SAT: 4 reads per anchor)
+//   anchor_scores:   s_a[b, g] = mean of scores[b] over anchor g      (float64 window sum)
 //   anchor_gather:   out[b, i, j] = sum_g w[b, g] x[b, top_g + i, left_g + j]
 //   backward:        grad_x[b, p, q] = sum_{g covers (p, q)} w[b, g] grad[b, p - top_g, q - left_g]
 //                    grad_w[b, g]    = <grad[b], x[b, window g]>
@@ -38,26 +38,23 @@ int64_t maps_per_job(const AnchorGrid& grid) {
   return std::max<int64_t>(1, (int64_t{1} << 16) / (grid.height * grid.width + 4 * grid.count()));
 }
 
+// Direct float64 window sums, not a summed-area table: differences of large prefix sums lose small
+// window sums next to huge (finfo.min-masked) or infinite scores.
 template <typename scalar_t>
 void anchor_scores_kernel(const at::Tensor& scores, const AnchorGrid& grid, at::Tensor& out) {
-  const int64_t frames = scores.size(0), h = grid.height, w = grid.width, stride = w + 1;
+  const int64_t frames = scores.size(0), h = grid.height, w = grid.width;
   const scalar_t* s_ptr = scores.data_ptr<scalar_t>();
   scalar_t* o_ptr = out.data_ptr<scalar_t>();
   const double area = static_cast<double>(grid.anchor_h * grid.anchor_w);
   at::parallel_for(0, frames, maps_per_job(grid), [&](int64_t begin, int64_t end) {
-    std::vector<double> sat((h + 1) * (w + 1), 0.0);  // sat[p][q] = sum of scores[:p, :q]
     for (int64_t f = begin; f < end; ++f) {
       const scalar_t* s = s_ptr + f * h * w;
-      for (int64_t p = 0; p < h; ++p) {
-        double row = 0.0;
-        for (int64_t q = 0; q < w; ++q) {
-          row += static_cast<double>(s[p * w + q]);
-          sat[(p + 1) * stride + q + 1] = sat[p * stride + q + 1] + row;
-        }
-      }
       for (int64_t g = 0; g < grid.count(); ++g) {
-        const int64_t t = grid.top(g), l = grid.left(g), b = t + grid.anchor_h, r = l + grid.anchor_w;
-        const double sum = sat[b * stride + r] - sat[t * stride + r] - sat[b * stride + l] + sat[t * stride + l];
+        const int64_t t = grid.top(g), l = grid.left(g);
+        double sum = 0.0;
+        for (int64_t p = t; p < t + grid.anchor_h; ++p) {
+          for (int64_t q = l; q < l + grid.anchor_w; ++q) sum += static_cast<double>(s[p * w + q]);
+        }
         o_ptr[f * grid.count() + g] = static_cast<scalar_t>(sum / area);
       }
     }

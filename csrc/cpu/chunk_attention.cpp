@@ -159,6 +159,21 @@ void bias_and_mask(const Problem<T>& p, int64_t b, const Tile& tile, int64_t j0,
   }
 }
 
+// Calls visit(r0, r1, visible) for each run of tile rows [r0, r1) sharing one chunk end, with the
+// number of keys of block [j0, j0 + cols) they see. The P-side products run per run over the
+// visible keys only, so a masked key never contributes, not even a NaN or inf in k or v (0 * NaN).
+template <typename T, typename Visit>
+void for_each_row_run(const Problem<T>& p, const Tile& tile, int64_t j0, int64_t cols, Visit visit) {
+  for (int64_t r0 = 0; r0 < tile.end - tile.begin;) {
+    const int64_t key_end = p.key_end[tile.begin + r0];
+    int64_t r1 = r0 + 1;
+    while (tile.begin + r1 < tile.end && p.key_end[tile.begin + r1] == key_end) ++r1;
+    const int64_t visible = std::clamp<int64_t>(key_end - j0, 0, cols);
+    if (visible > 0) visit(r0, r1, visible);
+    r0 = r1;
+  }
+}
+
 // ---------------------------------------------------------------- forward
 
 template <typename T>
@@ -199,7 +214,10 @@ void forward_tile(const Problem<T>& p, int64_t bh, const Tile& tile, T* out, T* 
         for (int64_t c = 0; c < d; ++c) a[c] *= rescale;
       }
     }
-    gemm(false, false, rows, d, cols, T(1), s_buf, cols, p.v_rows(bh, j0), p.v_stride[2], T(1), acc.data(), d);
+    for_each_row_run(p, tile, j0, cols, [&](int64_t r0, int64_t r1, int64_t visible) {
+      gemm(false, false, r1 - r0, d, visible, T(1), s_buf + r0 * cols, cols, p.v_rows(bh, j0), p.v_stride[2], T(1),
+           acc.data() + r0 * d, d);
+    });
   }
   for (int64_t r = 0; r < rows; ++r) {
     const T inv = T(1) / row_sum[r];
@@ -286,18 +304,22 @@ void backward_tile(const Problem<T>& p, const Grads<T>& g, int64_t bh, const Til
         ds[c] = prob * (ds[c] - dr);  // dS = P * (dP - delta)
       }
     }
-    gemm(true, false, cols, d, rows, T(1), pr, cols, do_tile, d, T(1), out.v + j0 * d, d);  // dV += P^T dO
-    gemm(false, false, rows, d, cols, p.scale, dp, cols, p.k_rows(bh, j0), p.k_stride[2], T(1), dq_acc,
-         d);  // dQ += dS K
-    gemm(true, false, cols, d, rows, p.scale, dp, cols, q_tile, p.q_stride[2], T(1), out.k + j0 * d,
-         d);  // dK += dS^T Q
-    if (out.bias) {
-      for (int64_t r = 0; r < rows; ++r) {
-        const T* ds = dp + r * cols;
+    for_each_row_run(p, tile, j0, cols, [&](int64_t r0, int64_t r1, int64_t n) {
+      const T* pr_run = pr + r0 * cols;
+      const T* dp_run = dp + r0 * cols;
+      gemm(true, false, n, d, r1 - r0, T(1), pr_run, cols, do_tile + r0 * d, d, T(1), out.v + j0 * d, d);  // dV += P^T dO
+      gemm(false, false, r1 - r0, d, n, p.scale, dp_run, cols, p.k_rows(bh, j0), p.k_stride[2], T(1),
+           dq_acc + r0 * d, d);  // dQ += dS K
+      gemm(true, false, n, d, r1 - r0, p.scale, dp_run, cols, q_tile + r0 * p.q_stride[2], p.q_stride[2], T(1),
+           out.k + j0 * d, d);  // dK += dS^T Q
+      if (out.bias) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const T* ds = dp + r * cols;
 #pragma omp simd
-        for (int64_t c = 0; c < cols; ++c) out.bias[j0 + c] += ds[c];
+          for (int64_t c = 0; c < n; ++c) out.bias[j0 + c] += ds[c];
+        }
       }
-    }
+    });
   }
   std::copy(dq_acc, dq_acc + rows * d, g.grad_q + (bh * p.lq + tile.begin) * d);
 }

@@ -34,7 +34,9 @@ int64_t draw(const double* logits, int64_t length, double tau, philox::Key key, 
   double best_value = -std::numeric_limits<double>::infinity();
   for (int64_t l = 0; l < length; ++l) {
     g[l] = logits[l] + g[l];  // the perturbed logits, reusing the noise buffer
-    if (scratch.allowed[l] && (best < 0 || g[l] > best_value)) {
+    // NaN ranks after every number: a NaN best is replaced by the first allowed number.
+    const bool better = best < 0 || g[l] > best_value || (std::isnan(best_value) && !std::isnan(g[l]));
+    if (scratch.allowed[l] && better) {
       best = l;
       best_value = g[l];
     }

@@ -24,6 +24,7 @@
 #include "cpu/philox.h"
 
 #include <algorithm>
+#include <cmath>
 #include <functional>
 #include <vector>
 
@@ -34,11 +35,12 @@ namespace {
 
 // Scratch of one job: the perturbed values, the noise, selection buffers and the Philox scratch.
 struct SampleScratch {
-  std::vector<double> values, noise, buffer_a, buffer_b;
+  std::vector<double> values, noise, buffer_a, buffer_b, numbers;  // numbers: the non-NaN values
   std::vector<int64_t> selected;  // the k selected positions, ascending (+1 slot for branch-free writes)
   philox::RowScratch rng;
   explicit SampleScratch(int64_t length, int64_t k)
-      : values(length), noise(length), buffer_a(length), buffer_b(length), selected(length + 1), rng(length) {}
+      : values(length), noise(length), buffer_a(length), buffer_b(length), numbers(length), selected(length + 1),
+        rng(length) {}
 };
 
 // The k-th largest of values[0..n) (k >= 1) by quickselect with branch-free three-way partitions:
@@ -85,13 +87,28 @@ void select_sample(const double* scores, int64_t length, int64_t k, double sigma
   double* v = scratch.values.data();
   philox::normal_row(z, scratch.rng, length, static_cast<uint32_t>(s), static_cast<uint32_t>(b),
                      philox::kStreamPerturbedTopk, key);
-  for (int64_t l = 0; l < length; ++l) v[l] = scores[l] + sigma * z[l];
-  // Threshold = k-th largest value; items above it are in, ties at it go to the lowest positions.
-  const double threshold = kth_largest(v, length, k, scratch.buffer_a.data(), scratch.buffer_b.data());
+  int64_t count = 0;  // non-NaN perturbed values
+  for (int64_t l = 0; l < length; ++l) {
+    v[l] = scores[l] + sigma * z[l];
+    scratch.numbers[count] = v[l];
+    count += !std::isnan(v[l]);
+  }
+  int64_t* selected = scratch.selected.data();
+  if (count < k) {  // NaN ranks after every number: all numbers, then the first NaNs by position
+    int64_t nan_left = k - count, i = 0;
+    for (int64_t l = 0; l < length && i < k; ++l) {
+      const bool taken = !std::isnan(v[l]) || nan_left-- > 0;
+      if (taken) selected[i++] = l;
+    }
+    return;
+  }
+  // Threshold = k-th largest number; items above it are in, ties at it go to the lowest positions.
+  // Comparisons with NaN are false, so NaN items are never taken here.
+  const double* ranked = count == length ? v : scratch.numbers.data();
+  const double threshold = kth_largest(ranked, count, k, scratch.buffer_a.data(), scratch.buffer_b.data());
   int64_t above = 0;
   for (int64_t l = 0; l < length; ++l) above += v[l] > threshold;
   int64_t ties_left = k - above, i = 0;
-  int64_t* selected = scratch.selected.data();
   for (int64_t l = 0; l < length; ++l) {
     const bool tie_taken = (v[l] == threshold) & (ties_left > 0);
     ties_left -= tie_taken;
@@ -105,7 +122,8 @@ struct JobGrid {
 };
 
 JobGrid job_grid(int64_t batch, int64_t num_samples) {
-  const int64_t want = std::max<int64_t>(1, (4 * at::get_num_threads() + batch - 1) / batch);
+  const int64_t rows = std::max<int64_t>(batch, 1);  // B = 0: an empty grid, no division by zero
+  const int64_t want = std::max<int64_t>(1, (4 * at::get_num_threads() + rows - 1) / rows);
   const int64_t chunks = std::min<int64_t>(num_samples, want);
   return {chunks, (num_samples + chunks - 1) / chunks};
 }

@@ -10,6 +10,7 @@
 #include "cpu/common.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <numeric>
@@ -18,12 +19,15 @@
 namespace vidsel {
 namespace {
 
-// Orders positions by descending score, then ascending position: a strict total order.
+// Orders positions by descending score, NaN after every number, then ascending position: a strict
+// total order even with NaN scores.
 template <typename scalar_t>
 struct HigherScoreFirst {
   const scalar_t* s;
   bool operator()(int64_t a, int64_t b) const {
     const double sa = static_cast<double>(s[a]), sb = static_cast<double>(s[b]);
+    const bool na = std::isnan(sa), nb = std::isnan(sb);
+    if (na || nb) return na == nb ? a < b : nb;
     return sa > sb || (sa == sb && a < b);
   }
 };

@@ -249,6 +249,6 @@ def test_bad_inputs_name_the_argument(call, error, name):
 
 
 @pytest.mark.parametrize("impl", BACKENDS)
-def test_nan_scores_raise(impl):
-    with pytest.raises(ValueError, match="scores"):
-        ops.perturbed_topk(torch.tensor([[0.0, float("nan")]]), 1, impl=impl)
+def test_nan_scores_rank_last(impl):
+    out = ops.perturbed_topk(torch.tensor([[float("nan"), 0.0]]), 1, seed=0, impl=impl)
+    assert torch.equal(out, torch.tensor([[[0.0, 1.0]]]))

@@ -69,8 +69,11 @@ def read_audio(path, *, sample_rate: int | None = None, mono: bool = True) -> tu
     Args: path: any media file FFmpeg reads (video or audio-only); sample_rate: resample to this rate
     (None keeps the stream's); mono: downmix to one channel.
     Returns (waveform (C, N) float32 in [-1, 1], sample_rate). Raises VideoReadError naming the file
-    when it has no audio stream.
+    when it has no audio stream; ValueError for a sample_rate that is not a positive int.
     """
+    if sample_rate is not None and (isinstance(sample_rate, bool) or not isinstance(sample_rate, int)
+                                    or sample_rate <= 0):
+        raise ValueError(f"sample_rate must be a positive int (Hz) or None, got {sample_rate!r}")
     with open_demuxed(path, audio=True, require_video=False) as demuxed:
         decoded = decode_audio(demuxed, sample_rate=sample_rate, mono=mono)
     if decoded is None:

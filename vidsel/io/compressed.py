@@ -20,6 +20,7 @@ Motion sign convention: forward, like optical flow; see vidsel.io.motion.
 from __future__ import annotations
 
 import collections
+import os
 from dataclasses import dataclass, field
 
 import av
@@ -141,6 +142,8 @@ def read_compressed_many(
 
     errors="skip" turns a bad file into a warning and a None entry; kwargs go to read_compressed.
     """
+    if isinstance(paths, (str, bytes, os.PathLike)):
+        raise TypeError(f"paths must be a list of files, got the single path {paths!r}; use read_compressed for one")
     return map_with_progress(
         lambda p: read_compressed(p, num_segments, **kwargs), paths, progress=progress, errors=errors,
         description="read_compressed",

@@ -47,7 +47,13 @@ def list_models(pattern: str = "*") -> list[str]:
 
 
 def create_model(name: str, **overrides):
-    """Builds a registered model; unknown names raise ValueError listing the known ones."""
+    """Builds a registered model; unknown names raise ValueError listing the known ones.
+
+    Integer overrides (depth, heads, frames, ...) must be >= 0: a negative one raises ValueError.
+    """
+    for key, value in overrides.items():
+        if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+            raise ValueError(f"create_model({name!r}): {key}={value} must be >= 0")
     _import_families()
     if name not in _BUILDERS:
         for pattern, builder in _PATTERNS:

@@ -42,10 +42,13 @@ class ChunkCausalSelfAttention(nn.Module):
 
     def __init__(self, dim: int, heads: int, chunk_size: int, *, bias: bool = True, impl: str = "auto"):
         super().__init__()
+        for name, value in (("dim", dim), ("heads", heads), ("chunk_size", chunk_size)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
         if dim % heads != 0:
             raise ValueError(f"dim={dim} must be divisible by heads={heads}")
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.dim, self.heads, self.chunk_size, self.impl = dim, heads, chunk_size, impl
         self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
         self.proj = nn.Linear(dim, dim, bias=bias)

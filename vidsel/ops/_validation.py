@@ -6,6 +6,7 @@ read tensor values (NaN, index ranges) run inside the custom ops, where they do 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -58,6 +59,21 @@ def check_int(name: str, value, low: int | None = None, high: int | None = None)
     return value
 
 
+def is_finite(value) -> bool:
+    """math.isfinite by comparisons, so it also traces on a symbolic float under torch.compile."""
+    return value == value and -math.inf < value < math.inf
+
+
+def check_seed(seed, draw) -> int:
+    """An explicit seed, or draw() for seed=None, which reads torch's generator and so cannot trace."""
+    if seed is None:
+        if torch.compiler.is_compiling():
+            raise ValueError("seed=None draws from torch's generator, which cannot run under torch.compile; "
+                             "pass an explicit int seed (e.g. seed=step) to the compiled call")
+        return draw()
+    return seed
+
+
 def check_choice(name: str, value, choices: Sequence[str]) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
@@ -68,3 +84,13 @@ def check_finite(name: str, value: torch.Tensor) -> None:
     """Raises ValueError when `value` holds NaN/inf. Reads the data: call inside custom ops only."""
     if value.is_floating_point() and not bool(torch.isfinite(value).all()):
         raise ValueError(f"{name} contains NaN or infinite values")
+
+
+def refuse_double_backward(backward_op, name: str) -> None:
+    """Gives a backward custom op an autograd formula that raises a RuntimeError naming the op, so a
+    gradient of the gradient fails clearly instead of with PyTorch's generic "no autograd formula"."""
+
+    def _refuse(ctx, *grads):
+        raise RuntimeError(f"{name}: double backward (a gradient of its gradient) is not supported")
+
+    backward_op.register_autograd(_refuse)

@@ -21,9 +21,10 @@ from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
 from vidsel.ops._dispatch import OpBackends, resolve, run_backend
-from vidsel.ops._validation import check_choice, check_finite, check_tensor
+from vidsel.ops._validation import check_choice, check_tensor, refuse_double_backward
 from vidsel.ops.perturbed_topk import PERTURBED_TOPK, PERTURBED_TOPK_BACKWARD, perturbed_topk
 from vidsel.reference import anchor_select as reference
+from vidsel.reference.topk_gather import ranking
 
 MODES = ("hard", "perturbed")
 
@@ -43,7 +44,6 @@ ANCHOR_GATHER_BACKWARD = OpBackends("anchor_gather_backward", reference=_referen
 
 @torch.library.custom_op("vidsel::anchor_scores", mutates_args=())
 def _anchor_scores(scores: Tensor, anchor_h: int, anchor_w: int, stride_h: int, stride_w: int, impl: str) -> Tensor:
-    check_finite("scores", scores)
     return run_backend(ANCHOR_SCORES, impl, scores, anchor_h, anchor_w, stride_h, stride_w)
 
 
@@ -132,14 +132,15 @@ def _gather_backward(ctx, grad):
 _anchor_scores.register_autograd(_scores_backward, setup_context=_scores_setup)
 _anchor_scores_backward.register_autograd(_scores_backward_backward, setup_context=_scores_backward_setup)
 _anchor_gather.register_autograd(_gather_backward, setup_context=_gather_setup)
+refuse_double_backward(_anchor_gather_backward, "anchor_select")
 
 
 @register_flop_formula(torch.ops.vidsel.anchor_scores)
 def _anchor_scores_flops(scores_shape, anchor_h, anchor_w, stride_h, stride_w, impl, *args, **kwargs) -> int:
-    """Summed-area table (2 adds per score) and 4 reads combined per anchor."""
+    """One add per window element of every anchor (direct window sums), plus the division."""
     frames, height, width = scores_shape
     rows, cols = reference.anchor_grid(height, width, anchor_h, anchor_w, stride_h, stride_w)
-    return frames * (2 * height * width + 4 * rows * cols)
+    return frames * rows * cols * (anchor_h * anchor_w + 1)
 
 
 @register_flop_formula(torch.ops.vidsel.anchor_scores_backward)
@@ -177,7 +178,9 @@ def anchor_scores(scores: Tensor, anchor, stride=None, *, impl: str = "auto") ->
     """Mean score of every anchor (STTS §3.3): scores (*F, H, W) -> (*F, G), row-major anchor grid.
 
     Differentiable (the gradient spreads evenly over each anchor's window). See anchor_select for
-    anchor and stride.
+    anchor and stride. Every backend sums each window directly in float64 (no prefix-sum table, whose
+    differences lose small windows next to finfo.min-masked or infinite scores); F = 0 is empty; a
+    non-finite score reaches only the anchors covering it.
     """
     check_tensor("scores", scores, floating=True)
     if scores.dim() < 2:
@@ -226,6 +229,10 @@ def anchor_select(
 
     Returns:
         (B, T, h, w, D) in x's dtype.
+
+    Contract: hard picks the best anchor mean, NaN after every number, ties to the lower index;
+    the output is exactly the picked window (other windows, even NaN ones, are never read).
+    Double backward raises RuntimeError.
     """
     check_tensor("x", x, ndim=5, floating=True)
     check_tensor("scores", scores, ndim=4, floating=True, like=x, shape=tuple(x.shape[:4]))
@@ -239,7 +246,7 @@ def anchor_select(
     if mode == "hard":
         # float64 means: exact sums for float32/16 scores, so every backend picks the same anchor.
         means = _anchor_scores(flat_scores.detach().double(), ah, aw, sh, sw, impl)
-        weights = torch.nn.functional.one_hot(torch.argmax(means, dim=1), means.shape[1]).to(x.dtype)
+        weights = torch.nn.functional.one_hot(ranking(means)[:, 0], means.shape[1]).to(x.dtype)
     else:
         means = _anchor_scores(flat_scores, ah, aw, sh, sw, impl)
         weights = perturbed_topk(means, 1, num_samples=num_samples, sigma=sigma, seed=seed, impl=impl)[:, 0]

@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
 from vidsel.ops._dispatch import PREFER_TRITON_ON_GPU, OpBackends, resolve, run_backend
-from vidsel.ops._validation import check_int, check_tensor
+from vidsel.ops._validation import check_int, check_tensor, refuse_double_backward
 from vidsel.reference import chunk_attention as reference
 
 
@@ -114,6 +114,7 @@ def _backward(ctx, grad_out, grad_lse):
 
 
 _chunk_attention.register_autograd(_backward, setup_context=_setup_context)
+refuse_double_backward(_chunk_attention_backward, "chunk_causal_attention")
 
 
 def visible_pairs(chunk_lens: Sequence[int], lq: int) -> int:
@@ -145,7 +146,10 @@ def _resolve_chunk_lens(chunk_size, chunk_lens, lk: int) -> list[int]:
         raise ValueError("pass exactly one of chunk_size and chunk_lens")
     if chunk_size is not None:
         check_int("chunk_size", chunk_size, low=1)
-        full, rest = divmod(lk, chunk_size)
+        # The chunk list is a static op argument: under torch.compile a symbolic length is specialised
+        # here (one graph per distinct length); // and % because divmod does not take a symbolic int.
+        lk = int(lk)
+        full, rest = lk // chunk_size, lk % chunk_size
         return [chunk_size] * full + ([rest] if rest else [])
     if isinstance(chunk_lens, Tensor):
         if chunk_lens.dim() != 1 or chunk_lens.is_floating_point() or chunk_lens.is_complex():
@@ -188,6 +192,11 @@ def chunk_causal_attention(
     Returns:
         (B, H, Lq, Dh): out_i = sum_{j < end(chunk(i))} softmax_j(q_i k_j * scale + key_bias_j) v_j.
         One chunk is full attention; chunk_size=1 is ordinary causal attention.
+
+    Contract: a key of a later chunk never reaches a query, in forward or backward, not even a NaN
+    or inf in it (masked keys do not enter the products at all); visible non-finite values propagate.
+    Under torch.compile each distinct chunk layout (e.g. each sequence length with chunk_size) is
+    one graph. Double backward raises RuntimeError.
     """
     check_tensor("q", q, ndim=4, floating=True)
     check_tensor("k", k, ndim=4, like=q)

@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
 from vidsel.ops._dispatch import OpBackends, resolve, run_backend
-from vidsel.ops._validation import check_int, check_tensor
+from vidsel.ops._validation import check_int, check_tensor, refuse_double_backward
 from vidsel.reference import compressed_patch_embed as reference
 
 NUM_PARAMS = 12
@@ -177,6 +177,7 @@ def _embed_output_like(saved, patch, expand_audio):
 
 
 _embed.register_autograd(_backward, setup_context=_setup)
+refuse_double_backward(_embed_backward, "compressed_patch_embed")
 
 
 def _forward_flops(iframe_shape, motion_shape, audio_shape, dim, patch, fused: bool) -> int:
@@ -204,19 +205,22 @@ def _embed_backward_flops(grad_shape, grad_audio_shape, iframe_shape, motion_sha
     return forward + (forward * sum(bool(m) for m in mask)) // 4
 
 
-def _check_params(params, iframe: Tensor, patch: int, tokens: int, has_audio: bool) -> CompressedEmbedParams:
+def _check_params(params, iframe: Tensor, patch: int, tokens: int, audio_feat: Tensor | None) -> CompressedEmbedParams:
     if not isinstance(params, CompressedEmbedParams):
         raise TypeError(f"params must be a vidsel.ops.CompressedEmbedParams, got {type(params).__name__}")
     frames = iframe.shape[1]
     dim = params.iframe_weight.shape[0] if isinstance(params.iframe_weight, Tensor) else None
+    if dim == 0:
+        raise ValueError("params.iframe_weight must have an embedding width D >= 1, got D = 0")
     for name, channels in (("iframe", 3), ("motion", 2), ("residual", 3)):
         _param(params, f"{name}_weight", iframe, (dim, channels, patch, patch))
         _param(params, f"{name}_bias", iframe, (dim,))
         _param(params, f"{name}_pos", iframe, (frames, tokens, dim))
-    if has_audio:
+    if audio_feat is not None:
         if params.audio_weight is None:
             raise ValueError("audio_feat is given but params.audio_weight/audio_bias/audio_pos are None")
-        _param(params, "audio_weight", iframe, (dim, None))
+        # Checked here for every backend: a kernel would read F columns of a narrower weight.
+        _param(params, "audio_weight", iframe, (dim, audio_feat.shape[-1]))
         _param(params, "audio_bias", iframe, (dim,))
         _param(params, "audio_pos", iframe, (frames, dim))
     return params
@@ -284,7 +288,7 @@ def compressed_patch_embed(
     """
     _check_inputs(iframe, motion, residual, audio_feat, patch)
     height, width = iframe.shape[-2:]
-    params = _check_params(params, iframe, patch, (height // patch) * (width // patch), audio_feat is not None)
+    params = _check_params(params, iframe, patch, (height // patch) * (width // patch), audio_feat)
     if not isinstance(expand_audio, bool):
         raise TypeError(f"expand_audio must be a bool, got {type(expand_audio).__name__}")
     impl = resolve("compressed_patch_embed", impl, iframe.device, EMBED, EMBED_BACKWARD)

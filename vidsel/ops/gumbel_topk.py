@@ -12,14 +12,12 @@ every backend draws the same segments; backward regenerates it instead of storin
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
 from vidsel.ops._dispatch import OpBackends, resolve, run_backend
-from vidsel.ops._validation import check_finite, check_int, check_tensor
+from vidsel.ops._validation import check_int, check_seed, check_tensor, is_finite, refuse_double_backward
 from vidsel.reference import gumbel_topk as reference
 from vidsel.reference import philox
 
@@ -30,7 +28,6 @@ GUMBEL_TOPK_BACKWARD = OpBackends("gumbel_topk_backward", reference=reference.gu
 
 @torch.library.custom_op("vidsel::gumbel_topk", mutates_args=())
 def _gumbel_topk(logits: Tensor, k: int, tau: float, hard: bool, replacement: bool, seed: int, impl: str) -> Tensor:
-    check_finite("logits", logits)
     return run_backend(GUMBEL_TOPK, impl, logits, k, tau, hard, replacement, seed)
 
 
@@ -64,6 +61,7 @@ def _backward(ctx, grad):
 
 
 _gumbel_topk.register_autograd(_backward, setup_context=_setup)
+refuse_double_backward(_gumbel_topk_backward, "gumbel_topk")
 
 
 @register_flop_formula(torch.ops.vidsel.gumbel_topk)
@@ -82,16 +80,18 @@ def _gumbel_topk_backward_flops(grad_shape, logits_shape, k, tau, replacement, s
 
 def _check_args(logits, k, tau, hard, replacement, seed) -> tuple[float, int]:
     check_tensor("logits", logits, ndim=2, floating=True)
+    if logits.shape[1] == 0:
+        raise ValueError(f"logits must have L >= 1 items to draw from, got shape {tuple(logits.shape)}")
     check_int("k", k, 1, None if replacement else logits.shape[1])
     if isinstance(tau, bool) or not isinstance(tau, (int, float)):
         raise TypeError(f"tau must be a float, got {type(tau).__name__}")
-    if not math.isfinite(tau) or tau <= 0:
-        raise ValueError(f"tau={tau} must be a finite float > 0")
+    # 1/tau must be finite too: a subnormal tau overflows it and every soft draw becomes NaN
+    if not is_finite(tau) or tau <= 0 or not is_finite(1.0 / tau):
+        raise ValueError(f"tau={tau} must be a finite float > 0 whose reciprocal is finite")
     for name, flag in (("hard", hard), ("replacement", replacement)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
-    if seed is None:
-        seed = philox.draw_seed()
+    seed = check_seed(seed, philox.draw_seed)
     check_int("seed", seed, 0, philox.MAX_SEED)
     return float(tau), seed
 
@@ -121,6 +121,11 @@ def gumbel_topk(
 
     Returns:
         (B, k, L) in logits' dtype, rows in draw order.
+
+    Contract: L = 0 raises ValueError (nothing to draw), B = 0 gives an empty result. The hard pick
+    is the first maximum of logits + g_t with NaN after every number; NaN logits make the soft rows
+    NaN. tau must be finite, > 0 and have a finite reciprocal. seed=None under torch.compile and
+    double backward raise RuntimeError.
     """
     tau, seed = _check_args(logits, k, tau, hard, replacement, seed)
     impl = resolve("gumbel_topk", impl, logits.device, GUMBEL_TOPK, GUMBEL_TOPK_BACKWARD)
@@ -148,4 +153,11 @@ def gumbel_topk_select(
     if logits.dtype != x.dtype:
         raise TypeError(f"logits must have the dtype of x ({x.dtype}), got {logits.dtype}")
     weights = gumbel_topk(logits, k, tau=tau, hard=hard, replacement=replacement, seed=seed, impl=impl)
-    return torch.bmm(weights, x)
+    if not hard:
+        return torch.bmm(weights, x)
+    finite = torch.isfinite(x)
+    product = torch.bmm(weights, torch.where(finite, x, torch.zeros((), dtype=x.dtype, device=x.device)))
+    # Forward value exactly x[b, pick_t] (a NaN elsewhere in x cannot reach it through 0 * NaN); the
+    # gradient is that of weights @ x. For finite x[pick] the correction term is exactly zero.
+    picked = x.gather(1, weights.argmax(-1, keepdim=True).expand(-1, -1, x.shape[-1]))
+    return product + (picked - product).detach()

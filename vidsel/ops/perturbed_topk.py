@@ -14,14 +14,12 @@ values live in registers / stack). Every backend draws the same noise and select
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
 from vidsel.ops._dispatch import OpBackends, resolve, run_backend
-from vidsel.ops._validation import check_finite, check_int, check_tensor
+from vidsel.ops._validation import check_int, check_seed, check_tensor, is_finite, refuse_double_backward
 from vidsel.reference import perturbed_topk as reference
 from vidsel.reference import philox
 
@@ -32,7 +30,6 @@ PERTURBED_TOPK_BACKWARD = OpBackends("perturbed_topk_backward", reference=refere
 
 @torch.library.custom_op("vidsel::perturbed_topk", mutates_args=())
 def _perturbed_topk(scores: Tensor, k: int, num_samples: int, sigma: float, seed: int, impl: str) -> Tensor:
-    check_finite("scores", scores)
     return run_backend(PERTURBED_TOPK, impl, scores, k, num_samples, sigma, seed)
 
 
@@ -66,6 +63,7 @@ def _backward(ctx, grad):
 
 
 _perturbed_topk.register_autograd(_backward, setup_context=_setup)
+refuse_double_backward(_perturbed_topk_backward, "perturbed_topk")
 
 
 @register_flop_formula(torch.ops.vidsel.perturbed_topk)
@@ -137,6 +135,7 @@ def _matmul_backward(ctx, grad):
 
 
 _indicator_matmul.register_autograd(_matmul_backward, setup_context=_matmul_setup)
+refuse_double_backward(_indicator_matmul_backward, "perturbed_topk_select")
 
 
 @register_flop_formula(torch.ops.vidsel.indicator_matmul)
@@ -164,10 +163,9 @@ def _check_common(scores: Tensor, k, num_samples, sigma, seed, name: str = "scor
     check_int("num_samples", num_samples, 1)
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
         raise TypeError(f"sigma must be a float, got {type(sigma).__name__}")
-    if not math.isfinite(sigma) or sigma < 0:
+    if not is_finite(sigma) or sigma < 0:
         raise ValueError(f"sigma={sigma} must be a finite float >= 0")
-    if seed is None:
-        seed = philox.draw_seed()
+    seed = check_seed(seed, philox.draw_seed)
     check_int("seed", seed, 0, philox.MAX_SEED)
     return length, float(sigma), seed
 
@@ -195,6 +193,11 @@ def perturbed_topk(
     Returns:
         (B, k, L) (or (*G, k, L)) indicators in scores' dtype: entry [i, l] is the fraction of
         samples in which item l is the i-th selected item in input order. Rows sum to 1.
+
+    Contract: B = 0 gives an empty result. Each sample ranks s + sigma Z larger first, NaN after
+    every number, ties to the lower position, so a NaN score is never selected while numbers remain.
+    ValueError/TypeError for bad arguments; seed=None under torch.compile and double backward raise
+    RuntimeError.
     """
     length, sigma, seed = _check_common(scores, k, num_samples, sigma, seed)
     impl = resolve("perturbed_topk", impl, scores.device, PERTURBED_TOPK, PERTURBED_TOPK_BACKWARD)
@@ -225,6 +228,7 @@ def perturbed_topk_select(
         Gradients flow to x (indicators^T grad) and to scores (eq. 8 applied to grad x^T, which
         is only evaluated on the indicators' support). Only the (B, k, L) indicator matrix is
         materialised, never per-sample noise or one-hots; the CPU products skip its zeros.
+        A zero indicator never reads its row of x: non-finite unselected rows cannot reach the output.
     """
     check_tensor("x", x, ndim=3, floating=True)
     check_tensor("scores", scores, ndim=2, floating=True, like=x, shape=(x.shape[0], x.shape[1]))

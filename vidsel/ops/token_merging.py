@@ -22,6 +22,8 @@ Each is the adjoint of the other, so the backward of one is a call of the other.
 
 from __future__ import annotations
 
+import math
+
 from typing import NamedTuple, Optional
 
 import torch
@@ -236,6 +238,9 @@ def _gather_flops(y_shape, dst_shape, weight_shape, impl, *args, **kwargs) -> in
 def _check_matching(matching) -> Matching:
     if not isinstance(matching, Matching):
         raise TypeError(f"matching must be a vidsel.ops.Matching, got {type(matching).__name__}")
+    for name in matching._fields:
+        value = getattr(matching, name)
+        check_tensor(f"matching.{name}", value, ndim=2, dtypes=(torch.int64,))
     return matching
 
 
@@ -245,7 +250,7 @@ def _as_rows(name: str, x: Tensor, matching: Matching) -> Tensor:
     batch, n = matching.dst_index.shape
     if x.shape[0] != batch or x.shape[1] != n:
         raise ValueError(f"{name} must have shape (B={batch}, N={n}, ...) to match the matching, got {tuple(x.shape)}")
-    return x.reshape(batch, n, -1)
+    return x.reshape(batch, n, math.prod(x.shape[2:]))  # not -1: B = 0 or N = 0 is a valid empty input
 
 
 def merge(x: Tensor, matching: Matching, size: Tensor | None = None, impl: str = "auto") -> tuple[Tensor, Tensor]:
@@ -277,7 +282,10 @@ def merge(x: Tensor, matching: Matching, size: Tensor | None = None, impl: str =
     size_merged = size_flat.new_zeros(batch, n_out).scatter_add(1, matching.dst_index, size_flat)
     weight = size_flat / size_merged.gather(1, matching.dst_index)
     impl = resolve("merge", impl, x.device, SCATTER_ROWS, GATHER_ROWS)
-    merged = _scatter_rows(rows, matching.dst_index, weight, n_out, impl)
+    if batch == 0 or n == 0:  # nothing to merge: the empty result of the right shape on every backend
+        merged = rows.new_zeros(batch, n_out, rows.shape[2])
+    else:
+        merged = _scatter_rows(rows, matching.dst_index, weight, n_out, impl)
     size_out = size_merged if size is None else size_merged.reshape(batch, n_out, *size.shape[2:])
     return merged.reshape(batch, n_out, *x.shape[2:]), size_out
 
@@ -292,7 +300,9 @@ def unmerge(x_merged: Tensor, matching: Matching, impl: str = "auto") -> Tensor:
             f"x_merged must have shape (B={batch}, N-r={matching.num_output}, ...), got {tuple(x_merged.shape)}"
         )
     impl = resolve("unmerge", impl, x_merged.device, SCATTER_ROWS, GATHER_ROWS)
-    rows = x_merged.reshape(batch, matching.num_output, -1)
+    rows = x_merged.reshape(batch, matching.num_output, math.prod(x_merged.shape[2:]))
+    if batch == 0 or n == 0:
+        return x_merged.new_zeros(batch, n, *x_merged.shape[2:])
     return _gather_rows(rows, matching.dst_index, None, impl).reshape(batch, n, *x_merged.shape[2:])
 
 

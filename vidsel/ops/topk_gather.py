@@ -35,9 +35,6 @@ TOPK_GATHER_BACKWARD = OpBackends("topk_gather_backward", reference=reference.to
 
 @torch.library.custom_op("vidsel::topk_gather", mutates_args=())
 def _topk_gather(x: Tensor, scores: Tensor, k: int, sorted_by_index: bool, impl: str) -> tuple[Tensor, Tensor]:
-    # +-inf is a valid score (e.g. -inf masks a token out); NaN has no order.
-    if bool(torch.isnan(scores).any()):
-        raise ValueError("scores contains NaN values")
     return tuple(run_backend(TOPK_GATHER, impl, x, scores, k, sorted_by_index))
 
 
@@ -106,7 +103,8 @@ def topk_gather(
 
     Args:
         x: (*G, N, D) tokens; *G any number of group dims (e.g. B*T frames), possibly none.
-        scores: (*G, N) floating scores; +-inf allowed (e.g. -inf to mask a token), NaN raises ValueError.
+        scores: (*G, N) floating scores; +-inf allowed (e.g. -inf to mask a token). Ranking: larger
+            first, NaN after every number (so never chosen while numbers remain), then lower position.
         k: number of rows kept per group, 1 <= k <= N.
         sorted_by_index: True keeps the chosen rows in input order (STTS: "indices sorted to
             preserve the order of the input sequence"); False orders them by descending score.

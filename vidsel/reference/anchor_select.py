@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from vidsel.reference.topk_gather import ranking
+
 
 def anchor_grid(height: int, width: int, anchor_h: int, anchor_w: int, stride_h: int, stride_w: int):
     """Number of anchor rows and columns: (H - h) // sh + 1, (W - w) // sw + 1 (STTS §3.3)."""
@@ -45,7 +47,8 @@ def anchor_gather(
     out = torch.zeros(batch, anchor_h, anchor_w, dim, dtype=acc, device=x.device)
     for g in range(top.shape[0]):
         window = x[:, top[g] : top[g] + anchor_h, left[g] : left[g] + anchor_w]
-        out += weights[:, g, None, None, None].to(acc) * window.to(acc)
+        w = weights[:, g, None, None, None].to(acc)
+        out += torch.where(w != 0, w * window.to(acc), 0.0)  # a zero weight ignores even NaN pixels
     return out.to(x.dtype)
 
 
@@ -55,7 +58,7 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def hard_anchor_index(scores: torch.Tensor, anchor_h, anchor_w, stride_h, stride_w) -> torch.Tensor:
     """(B, H, W) -> (B,) index of the best anchor (top-1 of STTS §3.3), ties to the lower index."""
-    return torch.argmax(anchor_scores(scores, anchor_h, anchor_w, stride_h, stride_w), dim=1)
+    return ranking(anchor_scores(scores, anchor_h, anchor_w, stride_h, stride_w))[:, 0]
 
 
 def anchor_scores_backward(grad, height, width, anchor_h, anchor_w, stride_h, stride_w) -> torch.Tensor:

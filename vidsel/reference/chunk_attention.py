@@ -47,6 +47,28 @@ def block_causal_mask(chunk_lens: Sequence[int], lq: int, device=None) -> Tensor
     return visibility_mask(key_end, sum(chunk_lens))
 
 
+def query_groups(key_end: Tensor) -> list[tuple[int, int, int]]:
+    """(first query row, end query row, visible keys) of each run of queries sharing a chunk end.
+
+    Every product below runs per group over exactly the keys the group sees, so a key a query cannot
+    see never contributes to it, not even through 0 * NaN (eq. 8 is a causal contract, not a weight).
+    """
+    ends = key_end.tolist()
+    groups, start = [], 0
+    for row in range(1, len(ends) + 1):
+        if row == len(ends) or ends[row] != ends[start]:
+            groups.append((start, row, ends[start]))
+            start = row
+    return groups
+
+
+def _group_scores(q: Tensor, k: Tensor, key_bias: Tensor | None, scale: float) -> Tensor:
+    scores = torch.einsum("bhid,bhjd->bhij", q, k) * scale
+    if key_bias is not None:
+        scores = scores + key_bias[:, None, None, :]
+    return scores
+
+
 def chunk_causal_attention(
     q: Tensor, k: Tensor, v: Tensor, key_end: Tensor, key_bias: Tensor | None, scale: float
 ) -> tuple[Tensor, Tensor]:
@@ -56,13 +78,15 @@ def chunk_causal_attention(
     computed in float32 (float64 for float64 inputs); out is cast back to q's dtype.
     """
     compute = torch.float64 if q.dtype == torch.float64 else torch.float32
-    scores = torch.einsum("bhid,bhjd->bhij", q.to(compute), k.to(compute)) * scale
-    if key_bias is not None:
-        scores = scores + key_bias.to(compute)[:, None, None, :]
-    scores = scores.masked_fill(~visibility_mask(key_end, k.shape[2]), float("-inf"))
-    lse = torch.logsumexp(scores, dim=-1)
-    probs = torch.exp(scores - lse[..., None])
-    out = torch.einsum("bhij,bhjd->bhid", probs, v.to(compute))
+    q32, k32, v32 = (t.to(compute) for t in (q, k, v))
+    bias = key_bias.to(compute) if key_bias is not None else None
+    out = q32.new_zeros(q.shape[:3] + (v.shape[-1],))
+    lse = q32.new_full(q.shape[:3], float("-inf"))
+    for r0, r1, end in query_groups(key_end):
+        scores = _group_scores(q32[:, :, r0:r1], k32[:, :, :end], bias[:, :end] if bias is not None else None, scale)
+        lse[:, :, r0:r1] = torch.logsumexp(scores, dim=-1)
+        probs = torch.exp(scores - lse[:, :, r0:r1, None])
+        out[:, :, r0:r1] = torch.einsum("bhij,bhjd->bhid", probs, v32[:, :, :end])
     return out.to(q.dtype), lse
 
 
@@ -73,18 +97,23 @@ def chunk_causal_attention_backward(
 
     With P = softmax(S), S = q k^T * scale + bias: dV = P^T dO, dP = dO v^T,
     dS = P * (dP - rowsum(P * dP)), dq = dS k * scale, dk = dS^T q * scale, dbias_j = sum_{h,i} dS_ij.
+    Each query group only touches the keys it sees (see query_groups).
     """
     compute = torch.float64 if q.dtype == torch.float64 else torch.float32
     q32, k32, v32, go = (t.to(compute) for t in (q, k, v, grad_out))
+    bias = key_bias.to(compute) if key_bias is not None else None
     _, lse = chunk_causal_attention(q, k, v, key_end, key_bias, scale)
-    scores = torch.einsum("bhid,bhjd->bhij", q32, k32) * scale
-    if key_bias is not None:
-        scores = scores + key_bias.to(compute)[:, None, None, :]
-    probs = torch.exp(scores.masked_fill(~visibility_mask(key_end, k.shape[2]), float("-inf")) - lse[..., None])
-    grad_v = torch.einsum("bhij,bhid->bhjd", probs, go)
-    grad_probs = torch.einsum("bhid,bhjd->bhij", go, v32)
-    grad_scores = probs * (grad_probs - (probs * grad_probs).sum(-1, keepdim=True))
-    grad_q = torch.einsum("bhij,bhjd->bhid", grad_scores, k32) * scale
-    grad_k = torch.einsum("bhij,bhid->bhjd", grad_scores, q32) * scale
-    grad_bias = grad_scores.sum((1, 2)).to(key_bias.dtype) if key_bias is not None else None
+    grad_q, grad_k, grad_v = torch.zeros_like(q32), torch.zeros_like(k32), torch.zeros_like(v32)
+    grad_bias = torch.zeros(k.shape[:3], dtype=compute, device=k.device)
+    for r0, r1, end in query_groups(key_end):
+        qg, kg, vg, gog = q32[:, :, r0:r1], k32[:, :, :end], v32[:, :, :end], go[:, :, r0:r1]
+        scores = _group_scores(qg, kg, bias[:, :end] if bias is not None else None, scale)
+        probs = torch.exp(scores - lse[:, :, r0:r1, None])
+        grad_v[:, :, :end] += torch.einsum("bhij,bhid->bhjd", probs, gog)
+        grad_probs = torch.einsum("bhid,bhjd->bhij", gog, vg)
+        grad_scores = probs * (grad_probs - (probs * grad_probs).sum(-1, keepdim=True))
+        grad_q[:, :, r0:r1] = torch.einsum("bhij,bhjd->bhid", grad_scores, kg) * scale
+        grad_k[:, :, :end] += torch.einsum("bhij,bhid->bhjd", grad_scores, qg) * scale
+        grad_bias[:, :, :end] += grad_scores.sum(2)
+    grad_bias = grad_bias.sum(1).to(key_bias.dtype) if key_bias is not None else None
     return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype), grad_bias

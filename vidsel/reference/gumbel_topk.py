@@ -5,7 +5,7 @@ Gumbel noise g_t of the shared Philox stream (vidsel/reference/philox.py, STREAM
 counter (l div 4, draw t, batch row)):
 
     soft_t = softmax((logits + g_t) / tau)         (L,)   over the items still allowed
-    hard_t = one_hot(argmax(logits + g_t))          ties: lower position
+    hard_t = one_hot(argmax(logits + g_t))          ties: lower position, NaN after every number
 
 with replacement (MIST default) every draw sees all items; without replacement (Appendix A, "after
 each selection, the probabilities of selected segments on next round sampling are set to 0") the
@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from vidsel.reference import philox
+from vidsel.reference.topk_gather import ranking
 
 
 def gumbel_draws(logits: torch.Tensor, k: int, tau: float, replacement: bool, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,20 +29,20 @@ def gumbel_draws(logits: torch.Tensor, k: int, tau: float, replacement: bool, se
     noise = philox.gumbel(seed, batch, k, length, philox.STREAM_GUMBEL_TOPK, logits.device)
     perturbed = logits.to(torch.float64).unsqueeze(1) + noise  # (B, k, L)
     if replacement:
-        return torch.softmax(perturbed / tau, dim=-1), _one_hot_argmax(perturbed)
+        return torch.softmax(perturbed / tau, dim=-1), _one_hot_best(perturbed)
     allowed = torch.ones(batch, length, dtype=torch.bool, device=logits.device)
     soft, hard = [], []
     for t in range(k):
         masked = perturbed[:, t].masked_fill(~allowed, float("-inf"))
         soft.append(torch.softmax(masked / tau, dim=-1))
-        hard.append(_one_hot_argmax(masked))
+        hard.append(_one_hot_best(perturbed[:, t], allowed))
         allowed &= hard[-1] == 0
     return torch.stack(soft, 1), torch.stack(hard, 1)
 
 
-def _one_hot_argmax(values: torch.Tensor) -> torch.Tensor:
-    """One-hot of the first maximum along the last axis, float64."""
-    first = torch.argmax(values, dim=-1)  # torch.argmax returns the first maximal index
+def _one_hot_best(values: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """One-hot of the best allowed item along the last axis (first maximum, NaN last), float64."""
+    first = ranking(values, allowed)[..., 0]
     return torch.nn.functional.one_hot(first, values.shape[-1]).to(torch.float64)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from vidsel.reference import philox
+from vidsel.reference.topk_gather import ranking
 
 
 def perturbed_values(scores: torch.Tensor, num_samples: int, sigma: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,8 +31,8 @@ def perturbed_values(scores: torch.Tensor, num_samples: int, sigma: float, seed:
 
 
 def topk_in_input_order(values: torch.Tensor, k: int) -> torch.Tensor:
-    """(..., L) -> (..., k) int64 positions of the k largest (ties: lower position), ascending."""
-    order = torch.sort(values, dim=-1, descending=True, stable=True).indices[..., :k]
+    """(..., L) -> (..., k) int64 positions of the k largest (ties: lower position, NaN last), ascending."""
+    order = ranking(values)[..., :k]
     return torch.sort(order, dim=-1).values
 
 
@@ -59,8 +60,26 @@ def perturbed_topk_backward(
 
 
 def indicator_matmul(indicators: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Eq. 9: (B, k, L) indicators, (B, L, D) x -> Y^T x of shape (B, k, D), in x's dtype."""
-    return torch.bmm(indicators.to(x.dtype), x)
+    """Eq. 9: (B, k, L) indicators, (B, L, D) x -> Y^T x of shape (B, k, D), in x's dtype.
+
+    A zero indicator never contributes, not even a NaN or inf of its row of x (0 * NaN).
+    """
+    return zero_weight_safe_bmm(indicators.to(x.dtype), x)
+
+
+def zero_weight_safe_bmm(weights: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """bmm(weights (B, k, L), x (B, L, D)) in which weights[b, i, l] == 0 ignores x[b, l] entirely.
+
+    The product runs on x with its non-finite entries zeroed; those entries are then added back for
+    the non-zero weights only (rare: the loop runs over non-finite rows of x).
+    """
+    finite = torch.isfinite(x)
+    out = torch.bmm(weights, torch.where(finite, x, torch.zeros((), dtype=x.dtype, device=x.device)))
+    for b, l in (~finite).any(-1).nonzero().tolist():
+        w = weights[b, :, l, None]
+        bad = torch.where(finite[b, l], torch.zeros_like(x[b, l]), x[b, l])
+        out[b] += torch.where(w != 0, w * bad, torch.zeros_like(out[b]))
+    return out
 
 
 def indicator_matmul_backward(
