@@ -2,8 +2,10 @@
 invariants of each op. Shapes include 1 and odd sizes, values ties, +-inf, NaN, huge and subnormal
 numbers, layouts transposed, expanded and sliced.
 
-`make test` runs the "default" profile (200 examples per op and backend); `make test-long` sets
-VIDSEL_HYPOTHESIS_PROFILE=long (2000); "smoke" (20) is for a quick local run.
+`make test` runs the "default" profile: 200 examples per op on the reference and cpu backends and
+INTERPRETER_EXAMPLES on Triton under the interpreter (its Python-level kernels cost seconds an example);
+`make test-long` sets VIDSEL_HYPOTHESIS_PROFILE=long (2000 on every backend); "smoke" (20) is for a
+quick local run.
 """
 
 import os
@@ -31,6 +33,26 @@ settings.register_profile(
 settings.load_profile(os.environ.get("VIDSEL_HYPOTHESIS_PROFILE", "default"))
 
 BACKENDS = compiled_backends()
+PROFILE = os.environ.get("VIDSEL_HYPOTHESIS_PROFILE", "default")
+INTERPRETER_EXAMPLES = 25
+
+
+def per_backend(test):
+    """Parametrises `test(impl, data)` over BACKENDS and runs it as a hypothesis test with an example
+    budget per backend (capped for Triton under the interpreter outside the long profile)."""
+
+    def run(impl):
+        budget = settings.default.max_examples
+        if impl == "triton" and os.environ.get("TRITON_INTERPRET") == "1" and PROFILE != "long":
+            budget = min(budget, INTERPRETER_EXAMPLES)
+
+        def example(data):
+            test(impl, data)
+
+        settings(max_examples=budget)(given(data=st.data())(example))()
+
+    run.__name__, run.__qualname__, run.__doc__ = test.__name__, test.__qualname__, test.__doc__
+    return pytest.mark.parametrize("impl", BACKENDS)(run)
 SPECIAL = [0.0, -0.0, 1.0, -1.0, 0.5, 1e30, -1e30, 1e-40, float("inf"), float("-inf"), float("nan")]
 FINITE_SPECIAL = [0.0, 1.0, -1.0, 0.5, 2.0, 1e-40, 1e4]
 
@@ -67,8 +89,7 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
 # ---------------------------------------------------------------- topk_gather
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-@given(data=st.data())
+@per_backend
 def test_topk_gather_matches_reference(impl, data):
     groups, n = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 9))
     scores = data.draw(_matrix(groups, n))
@@ -87,8 +108,7 @@ def test_topk_gather_matches_reference(impl, data):
 # ---------------------------------------------------------------- perturbed_topk
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-@given(data=st.data())
+@per_backend
 def test_perturbed_topk_matches_reference(impl, data):
     batch, length = data.draw(st.integers(0, 3)), data.draw(st.integers(1, 7))
     scores = data.draw(_matrix(batch, length, dtype=data.draw(st.sampled_from([torch.float32, torch.float64]))))
@@ -114,8 +134,7 @@ def test_perturbed_topk_matches_reference(impl, data):
 # ---------------------------------------------------------------- gumbel_topk
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-@given(data=st.data())
+@per_backend
 def test_gumbel_topk_matches_reference(impl, data):
     batch, length = data.draw(st.integers(0, 3)), data.draw(st.integers(1, 7))
     logits = data.draw(_matrix(batch, length, dtype=torch.float64))
@@ -138,8 +157,7 @@ def test_gumbel_topk_matches_reference(impl, data):
 # ---------------------------------------------------------------- anchor_scores
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-@given(data=st.data())
+@per_backend
 def test_anchor_scores_match_reference(impl, data):
     frames, height, width = data.draw(st.integers(0, 2)), data.draw(st.integers(1, 6)), data.draw(st.integers(1, 6))
     dtype = data.draw(st.sampled_from([torch.float32, torch.float64, torch.bfloat16]))
@@ -157,8 +175,7 @@ def test_anchor_scores_match_reference(impl, data):
 # ---------------------------------------------------------------- chunk_causal_attention
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-@given(data=st.data())
+@per_backend
 def test_chunk_attention_matches_reference_and_is_causal(impl, data):
     lens = data.draw(st.lists(st.integers(1, 4), min_size=1, max_size=4))
     lk, dim = sum(lens), data.draw(st.integers(1, 5))
@@ -182,8 +199,7 @@ def test_chunk_attention_matches_reference_and_is_causal(impl, data):
 # ---------------------------------------------------------------- merge / unmerge
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-@given(data=st.data())
+@per_backend
 def test_merge_invariants_and_reference(impl, data):
     batch, n = data.draw(st.integers(1, 2)), data.draw(st.integers(2, 9))
     r = data.draw(st.integers(0, n // 2))
