@@ -19,7 +19,7 @@ import time
 import torch
 
 import vidsel
-from benchmarks.harness import Table, peak_memory_mb
+from benchmarks.harness import Table, peak_memory_mb, one_thread
 from vidsel import flops
 
 SHAPES = [(128, 16), (256, 16), (512, 16), (256, 32), (512, 64)]  # (frames, chunks)
@@ -142,9 +142,5 @@ def streaming_table(profile: str) -> Table:
 
 
 def run(profile: str) -> list[Table]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         return [cost_table(profile), streaming_table(profile)]
-    finally:
-        torch.set_num_threads(threads)

@@ -16,7 +16,7 @@ import time
 import torch
 
 import vidsel
-from benchmarks.harness import Table
+from benchmarks.harness import Table, one_thread
 from vidsel import flops
 
 FRAMES = (32, 64, 128, 256)
@@ -111,9 +111,5 @@ def speed_table(profile: str) -> Table:
 
 def run(profile: str) -> list[Table]:
     torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         return [gflops_table(), speed_table(profile)]
-    finally:
-        torch.set_num_threads(threads)

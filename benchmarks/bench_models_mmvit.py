@@ -25,7 +25,7 @@ from torch import nn
 
 import vidsel
 import vidsel.io as vio
-from benchmarks.harness import Table
+from benchmarks.harness import Table, one_thread
 from tests.video_factory import make_video
 from vidsel import flops
 
@@ -158,9 +158,5 @@ def speed_tables(profile: str, reports: dict) -> list[Table]:
 def run(profile: str) -> list[Table]:
     torch.manual_seed(0)
     reports = {name: flops.count_model(name) for name in PAPER}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         return [gflops_table(reports), *speed_tables(profile, reports)]
-    finally:
-        torch.set_num_threads(threads)

@@ -18,7 +18,7 @@ import os
 
 import torch
 
-from benchmarks.harness import Table, interleaved_median_ms
+from benchmarks.harness import Table, interleaved_median_ms, one_thread
 from vidsel import flops
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -94,9 +94,5 @@ def speed_table(profile: str) -> Table:
 
 def run(profile: str) -> list[Table]:
     torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         return [speed_table(profile)]
-    finally:
-        torch.set_num_threads(threads)

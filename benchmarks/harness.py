@@ -8,6 +8,7 @@ same run and report ratios against a peer, never absolute targets alone: CPU tim
 from __future__ import annotations
 
 import contextlib
+import contextlib
 import gc
 import os
 import statistics
@@ -226,3 +227,15 @@ def cold_table(name: str, title: str, cold: dict, steady_ms: dict, baseline: str
     table.notes.append("Cold: every contender in a fresh process (inputs built untimed), so allocator pools, "
                        "first-touch page faults, GEMM calibration and library primitive caches start empty.")
     return table
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Runs the block with torch on one thread (model benchmarks: CPU time then reads as work done),
+    restoring the previous thread count after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
