@@ -324,8 +324,11 @@ void support_dots(const acc_t* p, const acc_t* grad, const acc_t* x, acc_t* grad
 // which skip zero weights.
 constexpr int64_t kBlockRows = 64, kBlockCols = 256;
 
-bool dense_indicators(const at::Tensor& p) {
-  return p.scalar_type() == at::kFloat && p.numel() > 0 && at::count_nonzero(p).item<int64_t>() * 8 >= p.numel();
+// A GEMM multiplies the zero weights too, so a non-finite entry of the other operand would leak through
+// 0 * inf: the GEMM path runs only when that operand is finite (zero-weight terms never contribute).
+bool dense_indicators(const at::Tensor& p, const at::Tensor& operand) {
+  return p.scalar_type() == at::kFloat && p.numel() > 0 && at::count_nonzero(p).item<int64_t>() * 8 >= p.numel() &&
+         at::isfinite(operand).all().item<bool>();
 }
 
 // C[b] (m x n) = op(A[b]) B[b] for every batch; op(A) = A, or A^T when trans_a (A[b] stored k x m).
@@ -363,7 +366,7 @@ at::Tensor indicator_matmul_cpu(const at::Tensor& p_in, const at::Tensor& x_in) 
   const at::Tensor p = p_in.to(acc).contiguous(), x = x_in.to(acc).contiguous();
   const int64_t batch = p.size(0), k = p.size(1), length = p.size(2), dim = x.size(2);
   at::Tensor out = new_output({batch, k, dim}, x.options());
-  if (dense_indicators(p)) {
+  if (dense_indicators(p, x)) {
     batched_gemm(false, p.data_ptr<float>(), length, x.data_ptr<float>(), out.data_ptr<float>(), batch, k, dim, length);
     return out.to(x_in.scalar_type());
   }
@@ -388,7 +391,7 @@ std::tuple<at::Tensor, at::Tensor> indicator_matmul_backward_cpu(const at::Tenso
   at::Tensor grad_x, grad_p;
   if (need_x) grad_x = new_output({batch, length, dim}, x.options());
   if (need_indicators) grad_p = new_output({batch, k, length}, x.options());
-  const bool dense = need_x && dense_indicators(p);
+  const bool dense = need_x && dense_indicators(p, grad);
   if (dense) {
     batched_gemm(true, p.data_ptr<float>(), length, grad.data_ptr<float>(), grad_x.data_ptr<float>(), batch, length,
                  dim, k);
