@@ -38,25 +38,6 @@ def _load_key_bias(bias_ptr, bh, HEADS, LK, cols, col_ok, HAS_BIAS: tl.constexpr
 
 
 @triton.jit
-def _visible_dot(a, b, visible, INNER: tl.constexpr, ACC: tl.constexpr, OPERAND: tl.constexpr, DOT: tl.constexpr):
-    """a @ b where a (M, INNER) is zero outside `visible` (M, INNER): pairs outside `visible` never
-    contribute, not even a NaN or inf of b (0 * NaN). Exact: the dot runs on b with its non-finite
-    entries zeroed, and only blocks holding some add those entries back, visible pair by pair."""
-    finite = tl.abs(b) < float("inf")
-    out = tl.dot(a.to(OPERAND), tl.where(finite, b, 0.0).to(OPERAND), input_precision=DOT, out_dtype=ACC)
-    if tl.sum(tl.where(finite, 0, 1)) > 0:
-        inner = tl.arange(0, INNER)
-        bad = tl.where(finite, 0.0, b).to(ACC)
-        a_acc = a.to(ACC)
-        for c in tl.static_range(INNER):
-            a_c = tl.sum(tl.where(inner[None, :] == c, a_acc, 0.0), axis=1)
-            seen = tl.sum(tl.where(inner[None, :] == c, visible.to(tl.int32), 0), axis=1) > 0
-            b_c = tl.sum(tl.where(inner[:, None] == c, bad, 0.0), axis=0)
-            out += tl.where(seen[:, None], a_c[:, None] * b_c[None, :], 0.0)
-    return out
-
-
-@triton.jit
 def _chunk_attention_kernel(
     q_ptr, k_ptr, v_ptr, bias_ptr, key_end_ptr, out_ptr, lse_ptr,
     HEADS, LQ, LK, DIM: tl.constexpr, scale_ptr,
@@ -82,15 +63,14 @@ def _chunk_attention_kernel(
         s = tl.dot(q, tl.trans(k), input_precision=DOT, out_dtype=ACC) * scale
         if HAS_BIAS:
             s += _load_key_bias(bias_ptr, bh, HEADS, LK, cols, col_ok, HAS_BIAS, ACC, BLOCK_N)[None, :]
-        visible = cols[None, :] < ends[:, None]
-        s = tl.where(visible, s, float("-inf"))
+        s = tl.where(cols[None, :] < ends[:, None], s, float("-inf"))
         new_max = tl.maximum(row_max, tl.max(s, axis=1))
         shift = tl.where(new_max == float("-inf"), 0.0, new_max)
         p = tl.exp(s - shift[:, None])
         rescale = tl.exp(row_max - shift)
         row_sum = row_sum * rescale + tl.sum(p, axis=1)
         v = _load_tile(v_ptr, bh * LK, cols, col_ok, dims, dim_ok, DIM, OPERAND)
-        acc = acc * rescale[:, None] + _visible_dot(tl.where(visible, p, 0.0), v, visible, BLOCK_N, ACC, OPERAND, DOT)
+        acc = acc * rescale[:, None] + tl.dot(p.to(OPERAND), v, input_precision=DOT, out_dtype=ACC)
         row_max = new_max
     safe_sum = tl.where(row_ok, row_sum, 1.0)
     out = acc / safe_sum[:, None]
@@ -106,7 +86,7 @@ def _probs_and_dscores(q, k, v, do, lse, delta, bias, cols, ends, scale, ACC: tl
     visible = cols[None, :] < ends[:, None]
     p = tl.where(visible, tl.exp(s - lse[:, None]), 0.0)
     dp = tl.dot(do, tl.trans(v), input_precision=DOT, out_dtype=ACC)
-    return p, tl.where(visible, p * (dp - delta[:, None]), 0.0), visible
+    return p, p * (dp - delta[:, None])
 
 
 @triton.jit
@@ -141,9 +121,9 @@ def _chunk_attention_dkdv_kernel(
         lse = tl.load(lse_ptr + bh * LQ + rows, mask=row_ok, other=0.0)
         delta = tl.load(delta_ptr + bh * LQ + rows, mask=row_ok, other=0.0)
         ends = tl.load(key_end_ptr + rows, mask=row_ok, other=0)
-        p, ds, visible = _probs_and_dscores(q, k, v, do, lse, delta, bias, cols, ends, scale, ACC, DOT)
-        dv += _visible_dot(tl.trans(p), do, tl.trans(visible), BLOCK_M, ACC, OPERAND, DOT)
-        dk += _visible_dot(tl.trans(ds), q, tl.trans(visible), BLOCK_M, ACC, OPERAND, DOT) * scale
+        p, ds = _probs_and_dscores(q, k, v, do, lse, delta, bias, cols, ends, scale, ACC, DOT)
+        dv += tl.dot(tl.trans(p.to(OPERAND)), do, input_precision=DOT, out_dtype=ACC)
+        dk += tl.dot(tl.trans(ds.to(OPERAND)), q, input_precision=DOT, out_dtype=ACC) * scale
         dbias += tl.sum(ds, axis=0)
     tl.store(dk_ptr + (bh * LK + cols)[:, None] * DIM + dims[None, :], dk, mask=kv_mask)
     tl.store(dv_ptr + (bh * LK + cols)[:, None] * DIM + dims[None, :], dv, mask=kv_mask)
@@ -178,8 +158,8 @@ def _chunk_attention_dq_kernel(
         k = _load_tile(k_ptr, bh * LK, cols, col_ok, dims, dim_ok, DIM, OPERAND)
         v = _load_tile(v_ptr, bh * LK, cols, col_ok, dims, dim_ok, DIM, OPERAND)
         bias = _load_key_bias(bias_ptr, bh, HEADS, LK, cols, col_ok, HAS_BIAS, ACC, BLOCK_N)
-        _, ds, visible = _probs_and_dscores(q, k, v, do, lse, delta, bias, cols, ends, scale, ACC, DOT)
-        dq += _visible_dot(ds, k, visible, BLOCK_N, ACC, OPERAND, DOT) * scale
+        _, ds = _probs_and_dscores(q, k, v, do, lse, delta, bias, cols, ends, scale, ACC, DOT)
+        dq += tl.dot(ds.to(OPERAND), k, input_precision=DOT, out_dtype=ACC) * scale
     tl.store(dq_ptr + (bh * LQ + rows)[:, None] * DIM + dims[None, :], dq, mask=q_mask)
 
 
