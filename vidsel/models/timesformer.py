@@ -41,6 +41,16 @@ class PatchEmbed(nn.Module):
         self.num_patches = (img_size // patch_size) ** 2
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
+    # Checkpoint names of the STTS TimeSformer (its state_dict says patch_embed.weight / .bias): attribute
+    # aliases so tools that walk state_dict keys as attribute paths (torch.distributed.checkpoint) find them.
+    @property
+    def weight(self) -> Tensor:
+        return self.proj.weight
+
+    @property
+    def bias(self) -> Tensor:
+        return self.proj.bias
+
     def forward(self, video: Tensor) -> Tensor:
         batch, chans, frames, height, width = video.shape
         frames_first = video.transpose(1, 2).reshape(batch * frames, chans, height, width)
@@ -122,6 +132,11 @@ class DividedSpaceTimeBlock(nn.Module):
         self.attn = Attention(dim, num_heads, qkv_bias)
         self.norm2 = layer_norm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    @property
+    def temporal_norm(self) -> nn.Module:
+        """The STTS TimeSformer checkpoint's name of temporal_norm1 (see PatchEmbed.weight)."""
+        return self.temporal_norm1
 
     def temporal(
         self, x: Tensor, size: Tensor | None, need_importance: bool = False, need_keys: bool = True
