@@ -16,16 +16,14 @@ End to end (one MPEG-4 file, 224², 4 s @ 25 fps, GOP 12 (MM-ViT §4.1's codec),
 from __future__ import annotations
 
 import os
-import statistics
 import tempfile
-import time
 
 import torch
 from torch import nn
 
 import vidsel
 import vidsel.io as vio
-from benchmarks.harness import Table, one_thread
+from benchmarks.harness import Table, interleaved_median_ms, one_thread
 from tests.video_factory import make_video
 from vidsel import flops
 
@@ -46,13 +44,7 @@ def round_robin_s(fns: dict, rounds: int, warmup: tuple = ()) -> dict:
     """Median seconds of single calls, one call of each contender per round, after the `warmup` calls."""
     for fn in warmup:
         fn()
-    times = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return {name: ms / 1e3 for name, ms in interleaved_median_ms(fns, rounds, warmup_rounds=0).items()}
 
 
 def gflops_table(reports: dict) -> Table:
