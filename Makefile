@@ -24,10 +24,11 @@ info: build
 	$(PY) -m vidsel.info
 
 # Whole suite: Triton kernels under the interpreter on CPU tensors, C++ CPU kernels, references,
-# and the proof that csrc/cuda compiled and linked (tests/ops/test_cuda_build.py).
+# and the proof that csrc/cuda compiled and linked (tests/ops/test_cuda_build.py). On a machine with a
+# CUDA device the backend tests also run cuda and compiled Triton on CUDA tensors (tests/conftest.py).
 test: build
 	$(PY) -m vidsel.info
-	TRITON_INTERPRET=1 $(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider tests
 
 # Longer hypothesis profile (2000 examples per op and backend) for the property tests.
 test-long: build
