@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.vidsel-deps
-export MAX_JOBS ?= 2
+export MAX_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
 .PHONY: setup build test test-fast test-long bench bench-full info clean gpu-check
 
