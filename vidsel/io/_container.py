@@ -98,7 +98,8 @@ def open_demuxed(
     """
     path = check_path(path)
     try:
-        container = av.open(path, mode="r")
+        # Damaged metadata is replaced, not raised as UnicodeDecodeError: the readers never use it.
+        container = av.open(path, mode="r", metadata_errors="replace")
     except av.FFmpegError as error:
         raise VideoReadError(path, f"FFmpeg cannot open it as a media file ({error.strerror or error})") from error
     try:
@@ -110,8 +111,17 @@ def open_demuxed(
         container.close()
 
 
+def _check_decodable(path: str, stream) -> None:
+    """VideoReadError when FFmpeg has no decoder for `stream` (None passes): a header naming no codec, or
+    one FFmpeg does not know, as a damaged header does."""
+    if stream is not None and stream.codec_context is None:
+        raise VideoReadError(path, f"its {stream.type} stream #{stream.index} names a codec FFmpeg cannot decode "
+                                   "(unknown codec id: a damaged or unsupported header)")
+
+
 def _demux_audio_only(path: str, container) -> Demuxed:
     audio = container.streams.audio[0] if container.streams.audio else None
+    _check_decodable(path, audio)
     demuxed = Demuxed(path=path, container=container, video=None, audio=audio)
     if audio is None:
         return demuxed
@@ -132,6 +142,8 @@ def _demux(path: str, container, *, audio: bool, export_motion_vectors: bool) ->
         )
     video = container.streams.video[0]
     audio_stream = container.streams.audio[0] if audio and container.streams.audio else None
+    for stream in (video, audio_stream):
+        _check_decodable(path, stream)
     options = {"flags2": "+export_mvs"} if export_motion_vectors else {}
     video.codec_context.options = options
     video.codec_context.thread_type = "AUTO"  # frame threads: same frames, same order, same side data
