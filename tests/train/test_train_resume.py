@@ -1,9 +1,10 @@
 """SIGKILL in the middle of an epoch, then `--resume`: the final weights equal an uninterrupted run's,
 bit for bit (tiny STTS: perturbed top-k noise, σ schedule, augmentation, a DataLoader worker).
 
-The killed run SIGKILLs itself at a fixed point, not when a poller happens to notice a log line: inside
-the optimizer step after epoch 1's mid-epoch checkpoint (gradients computed, weights not yet updated,
-the loader's worker busy), so the resumed run has to redo a step the killed one had half done.
+The killed run SIGKILLs itself at a fixed point (tests/train/kill_after_checkpoint.py), not when a poller
+happens to notice a log line: inside the optimizer step after epoch 1's mid-epoch checkpoint (gradients
+computed, weights not yet updated, the loader's worker busy), so the resumed run has to redo a step the
+killed one had half done.
 """
 
 import json
@@ -25,27 +26,10 @@ FLAGS = ["--model", "timesformer_8x224-T0.5@0-S0.7@1", "--num-samples", "20", "-
 ]
 
 
-# `python -m vidsel.train` whose Trainer kills its own process in the step after the mid-epoch checkpoint.
-KILL_AFTER_MID_EPOCH_CHECKPOINT = """
-import os, signal, sys
-import torch.nn.functional as F
-from vidsel.train import loop, main
-save = loop.Trainer.save
-def dying_step(model, optimizer, scheduler, clips, labels, grad_clip=0.0):
-    F.cross_entropy(model(clips), labels).backward()
-    os.kill(os.getpid(), signal.SIGKILL)
-def saving(self):
-    save(self)
-    if self.progress["epoch"] == 1 and self.progress["batch"] == 2:
-        loop.train_step = dying_step
-loop.Trainer.save = saving
-sys.exit(main(sys.argv[1:]))
-"""
-
-
 def launch(data, out, *extra, kill: bool = False) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    entry = ["-c", KILL_AFTER_MID_EPOCH_CHECKPOINT] if kill else ["-m", "vidsel.train"]
+    """`python -m vidsel.train`; with `kill`, the run dies in the step after epoch 1's checkpoint at batch 2."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", VIDSEL_TEST_KILL_AT="1,2")
+    entry = ["-m", "tests.train.kill_after_checkpoint" if kill else "vidsel.train"]
     command = [sys.executable, *entry, "--data", str(data), "--out", str(out), *FLAGS, *extra]
     return subprocess.Popen(command, env=env, cwd=os.getcwd(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)

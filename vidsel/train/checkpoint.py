@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
                                                      set_optimizer_state_dict)
+from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from vidsel.train.distributed import Context, all_gather_objects, unwrap
@@ -69,8 +70,15 @@ def _options(context: Context, **kwargs) -> StateDictOptions:
 
 def model_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     """(name, tensor) of every parameter and persistent buffer, in `named_parameters` / `named_buffers`
-    order and naming (DDP's "module." prefix dropped; FSDP2 parameters are DTensors)."""
+    order and naming (DDP's "module." prefix dropped; FSDP2 parameters are their sharded DTensors).
+
+    FSDP2 leaves the root's parameters unsharded after a forward (an evaluation pass, say) and registers
+    the full tensors in their place until the next reshard; resharding first gives the sharded
+    parameters the optimizer holds."""
     model = unwrap(model)
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
     tensors = list(model.named_parameters())
     for module_name, module in model.named_modules():
         for name, buffer in module.named_buffers(recurse=False):
