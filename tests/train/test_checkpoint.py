@@ -1,5 +1,7 @@
 """Checkpoint round trip in one process: every parameter, buffer and AdamW moment comes back bit for bit,
-for models whose state_dict keys are renamed by hooks (the STTS TimeSformer) and for those that are not."""
+for models whose state_dict keys are renamed by hooks (the STTS TimeSformer) and for those that are not;
+a save that fails half way leaves the previous checkpoint."""
+import os
 
 import pytest
 import torch
@@ -63,3 +65,21 @@ def test_restore_into_another_config_names_the_tensor(tmp_path):
     wider, _, _ = fresh(name, dict(overrides, num_heads=4, embed_dim=64), seed=0)
     with pytest.raises(ValueError, match="has shape"):
         ckpt.load_full_model_state(wider, state["model"])
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = str(tmp_path / "checkpoint.pt")
+    ckpt.save_atomic(dict(step=1), path)
+    real_save = torch.save
+
+    def half_written(obj, handle):
+        real_save(obj, handle)
+        handle.truncate(10)  # a partial file, then the failure (disk full, a signal, ...)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", half_written)
+    with pytest.raises(OSError, match="No space"):
+        ckpt.save_atomic(dict(step=2), path)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert torch.load(path) == dict(step=1)
+    assert os.listdir(tmp_path) == ["checkpoint.pt"]

@@ -32,15 +32,23 @@ FORMAT_VERSION = 2
 
 
 def save_atomic(obj, path: str) -> None:
-    """torch.save to `path` through `path.tmp-<pid>` + fsync + rename (+ fsync of the folder)."""
+    """torch.save to `path` through `path.tmp-<pid>` + fsync + rename (+ fsync of the folder).
+
+    `path` is never partly written: a failure (or a kill) before the rename leaves the previous file; a
+    failure inside the process also removes the temporary file."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "wb") as handle:
-        torch.save(obj, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
     descriptor = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(descriptor)
