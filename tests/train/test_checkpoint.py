@@ -1,6 +1,7 @@
 """Checkpoint round trip in one process: every parameter, buffer and AdamW moment comes back bit for bit,
 for models whose state_dict keys are renamed by hooks (the STTS TimeSformer) and for those that are not;
 a save that fails half way leaves the previous checkpoint."""
+
 import os
 
 import pytest
