@@ -98,8 +98,12 @@ def _check_compressed(clip) -> str | None:
         return f"motion {tuple(clip.motion.shape)} (expected ({SEGMENTS}, 2, {rows}, {cols}), finite)"
     if tuple(clip.residual.shape) != (SEGMENTS, 3, height, width) or clip.residual.abs().max() > 255:
         return f"residual {tuple(clip.residual.shape)} outside [-255, 255] or misshaped"
-    if clip.audio is not None and (clip.audio.shape[0] != SEGMENTS or not torch.isfinite(clip.audio).all()):
-        return f"audio {tuple(clip.audio.shape)} not ({SEGMENTS}, S) finite"
+    if clip.audio is not None:
+        # The seed files last one second: an audio segment of more than a minute is made of bad timestamps.
+        if clip.audio.shape[0] != SEGMENTS or clip.audio.shape[1] > 60 * clip.sample_rate:
+            return f"audio {tuple(clip.audio.shape)} at {clip.sample_rate} Hz, not ({SEGMENTS}, S <= 60 s)"
+        if not torch.isfinite(clip.audio).all():
+            return "audio not finite"
     return None
 
 

@@ -58,8 +58,9 @@ def test_mutated_files_never_crash_hang_or_fail_unnamed(seed_files, tmp_path):
 # Mutations that crashed a reader or failed without a VideoReadError before vidsel.io handled them, by
 # seed set: a video stream naming an unknown codec (20), metadata that is not UTF-8 (275), AAC audio
 # switching to 51 channels mid-stream (366, a segfault in FFmpeg's resampler), frame sizes changing
-# mid-stream (1609, 2645, 2987). Encoders may differ elsewhere, so these may not hit the same bytes there.
-PAST_FINDINGS = {3: [20, 275, 366], 5: [1609, 2645, 2987]}
+# mid-stream (1609, 2645, 2987), an MPEG-TS PTS with a flipped high bit making 3 GB of audio segments out of
+# a one-second file (7149). Encoders may differ elsewhere, so these may not hit the same bytes there.
+PAST_FINDINGS = {3: [20, 275, 366], 5: [1609, 2645, 2987, 7149]}
 
 
 def test_past_findings_stay_fixed(seed_files, tmp_path):

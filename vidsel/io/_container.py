@@ -23,6 +23,10 @@ PICTURE_TYPES = {0: "?", 1: "I", 2: "P", 3: "B", 4: "S", 5: "SI", 6: "SP", 7: "B
 FORWARD_PREDICTED = ("P", "S", "SP")
 # Demuxers FFmpeg picks for plain text (by extension); their "video" is rendered text, never a recording.
 TEXT_DEMUXERS = ("tty",)
+# A gap between consecutive video timestamps beyond both bounds marks the timestamps as damaged (variable
+# frame rate recordings pause for seconds, not for a thousand frame intervals and a minute at once).
+MAX_FRAME_GAP_SECONDS = 60.0
+MAX_FRAME_GAP_RATIO = 1000.0
 
 
 def picture_type(frame: av.VideoFrame) -> str:
@@ -203,13 +207,17 @@ def _build_timeline(demuxed: Demuxed) -> None:
     if video.time_base is not None and all(v is not None for v in pts) and len(set(pts)) == len(pts):
         ordered = sorted(pts)
         base = float(video.time_base)
-        demuxed.frame_times = [v * base for v in ordered]
-        demuxed.pts_to_index = {v: i for i, v in enumerate(ordered)}
-        gaps = sorted(b - a for a, b in zip(demuxed.frame_times, demuxed.frame_times[1:]))
-        demuxed.frame_duration = gaps[len(gaps) // 2] if gaps else nominal
-    else:  # raw streams without timestamps: frames are counted, times follow the nominal rate
-        demuxed.frame_times = [i * nominal for i in range(len(pts))]
-        demuxed.frame_duration = nominal
+        times = [v * base for v in ordered]
+        gaps = sorted(b - a for a, b in zip(times, times[1:]))
+        median = gaps[len(gaps) // 2] if gaps else nominal
+        if not gaps or gaps[-1] <= max(MAX_FRAME_GAP_SECONDS, MAX_FRAME_GAP_RATIO * median):
+            demuxed.frame_times, demuxed.frame_duration = times, median
+            demuxed.pts_to_index = {v: i for i, v in enumerate(ordered)}
+            return
+    # Raw streams without timestamps, or damaged ones (a jump no recording has, e.g. a flipped high bit of
+    # an MPEG-TS PTS): frames are counted in the decoder's output order, times follow the nominal rate.
+    demuxed.frame_times = [i * nominal for i in range(len(pts))]
+    demuxed.frame_duration = nominal
 
 
 def decode_video(demuxed: Demuxed) -> Iterator[tuple[int, av.VideoFrame]]:
