@@ -161,10 +161,12 @@ def worker(seeds_file: str, workdir: str, ids: list[int]) -> None:
         path = os.path.join(workdir, f"mutation_{mutation_id:05d}_{kind}{os.path.splitext(seed_paths[source])[1]}")
         with open(path, "wb") as handle:
             handle.write(data)
+        began = time.perf_counter()
         outcomes = {name: outcome(read, check, path) for name, (read, check) in readers.items()}
+        seconds = time.perf_counter() - began
         os.remove(path)
         print(json.dumps({"done": mutation_id, "kind": kind, "seed": os.path.basename(seed_paths[source]),
-                          "outcomes": outcomes}), flush=True)
+                          "outcomes": outcomes, "seconds": round(seconds, 4)}), flush=True)
 
 
 # --- driver ------------------------------------------------------------------------------------------
@@ -179,6 +181,13 @@ class Report:
     hangs: dict
     workers: int = 0
     seconds: float = 0.0
+
+    def slowest(self) -> tuple[int, float] | None:
+        """(id, seconds) of the mutation whose reads took longest (wall clock, all readers)."""
+        if not self.done:
+            return None
+        mutation_id = max(self.done, key=lambda i: self.done[i]["seconds"])
+        return mutation_id, self.done[mutation_id]["seconds"]
 
     def failures(self) -> dict:
         """id -> {reader: "FAIL: ..."} of the mutations a reader mishandled without crashing."""

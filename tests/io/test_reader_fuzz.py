@@ -45,7 +45,7 @@ def test_mutated_files_never_crash_hang_or_fail_unnamed(seed_files, tmp_path):
     report = fuzz_readers.run(seed_files, list(range(MUTATIONS)), str(tmp_path / "work"))
     print(f"\nreader fuzzing: {MUTATIONS} mutations x 4 readers, {len(report.crashes)} crashes, "
           f"{len(report.hangs)} hangs, {len(report.failures())} wrong failures, {report.workers} workers, "
-          f"{report.seconds:.1f} s")
+          f"{report.seconds:.1f} s; slowest mutation (id, s): {report.slowest()}")
     assert not report.crashes, report.crashes
     assert not report.hangs, report.hangs
     assert not report.failures(), report.failures()
