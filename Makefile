@@ -33,6 +33,7 @@ test: build
 # Longer hypothesis profile (2000 examples per op and backend) for the property tests.
 test-long: build
 	VIDSEL_HYPOTHESIS_PROFILE=long TRITON_INTERPRET=1 $(PY) -m pytest -q -p no:cacheprovider tests/ops/test_properties.py
+	VIDSEL_FUZZ_MUTATIONS=2000 $(PY) -m pytest -q -p no:cacheprovider tests/io/test_reader_fuzz.py
 
 bench: build
 	$(PY) -m benchmarks.run
