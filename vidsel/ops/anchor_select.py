@@ -244,7 +244,7 @@ def anchor_select(
     flat_x = x.reshape(batch * frames, height, width, dim)
     flat_scores = scores.reshape(batch * frames, height, width)
     if mode == "hard":
-        # float64 means: exact sums for float32/16 scores, so every backend picks the same anchor.
+        # float64 means summed in one fixed order on every backend, so every backend picks the same anchor.
         means = _anchor_scores(flat_scores.detach().double(), ah, aw, sh, sw, impl)
         weights = torch.nn.functional.one_hot(ranking(means)[:, 0], means.shape[1]).to(x.dtype)
     else:
