@@ -93,7 +93,7 @@ def _values(count: int, special=SPECIAL):
 
 @st.composite
 def _matrix(draw, rows, cols, special=SPECIAL, dtype=None):
-    dtype = dtype or draw(st.sampled_from([torch.float32, torch.float64, torch.bfloat16]))
+    dtype = dtype or draw(st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.float16]))
     flat = torch.tensor(draw(_values(rows * cols, special)), dtype=torch.float64).to(dtype)
     layout = draw(st.sampled_from(["contiguous", "transposed", "sliced", "expanded"]))
     if layout == "expanded":  # stride 0 over rows: every row the same (ties across rows)
@@ -236,7 +236,7 @@ def test_gumbel_topk_select_matches_reference(impl, data):
 @per_backend
 def test_anchor_scores_match_reference(impl, data):
     frames, height, width = size(data, impl, 0, 2, 1), data.draw(st.integers(1, 6)), data.draw(st.integers(1, 6))
-    dtype = data.draw(st.sampled_from([torch.float32, torch.float64, torch.bfloat16]))
+    dtype = data.draw(st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.float16]))
     scores = torch.stack([data.draw(_matrix(height, width, dtype=dtype)) for _ in range(frames)]) if frames else (
         torch.zeros(0, height, width, dtype=dtype))
     anchor = (data.draw(st.integers(1, height)), data.draw(st.integers(1, width)))
