@@ -15,7 +15,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import compiled_backends
+from tests.helpers import device_backends, fused_device_backends
 from vidsel import ops
 from vidsel.ops import CompressedEmbedParams
 from vidsel.reference.topk_gather import ranking as reference_ranking
@@ -34,29 +34,32 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("VIDSEL_HYPOTHESIS_PROFILE", "default"))
 
-BACKENDS = compiled_backends()
+ON_DEVICES = device_backends()  # (device, impl): CPU tensors here, CUDA tensors on a GPU machine
+FUSED_ON_DEVICES = fused_device_backends()  # the pairs compared with the reference
 PROFILE = os.environ.get("VIDSEL_HYPOTHESIS_PROFILE", "default")
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def per_backend(test):
-    """Parametrises `test(impl, data)` over BACKENDS and runs it as a hypothesis test, the profile's
-    number of examples on every backend."""
+    """Parametrises `test(impl, data)` over FUSED_ON_DEVICES (the tensors_on_device fixture makes
+    `device` the factories' default) and runs it as a hypothesis test, the profile's number of
+    examples on every backend."""
 
-    def run(impl):
+    def run(device, impl):
         def example(data):
             test(impl, data)
 
         given(data=st.data())(example)()
 
     run.__name__, run.__qualname__, run.__doc__ = test.__name__, test.__qualname__, test.__doc__
-    return pytest.mark.parametrize("impl", BACKENDS)(run)
+    return pytest.mark.parametrize("device, impl", FUSED_ON_DEVICES)(run)
 
 
 def size(data, impl: str, low: int, high: int, interpreted_high: int | None = None) -> int:
     """A size in [low, high]; Triton under the interpreter (outside the long profile) draws from
     [low, interpreted_high]: every extra program instance costs it Python-level time, not work."""
-    if impl == "triton" and INTERPRETED and PROFILE != "long" and interpreted_high is not None:
+    interpreted = impl == "triton" and INTERPRETED and torch.get_default_device().type == "cpu"
+    if interpreted and PROFILE != "long" and interpreted_high is not None:
         high = max(low, min(high, interpreted_high))
     return data.draw(st.integers(low, high))
 
@@ -411,12 +414,19 @@ def test_bipartite_match_matches_reference(impl, data):
 
 
 def _tie_params():
-    marks = {b: pytest.mark.xfail(reason=BIPARTITE_TIES.format(b), strict=False) for b in ("cpu", "triton")}
-    return [pytest.param(b, marks=marks[b]) if b in marks else b for b in BACKENDS]
+    """FUSED_ON_DEVICES with the cpu and triton pairs marked xfail(strict=False)."""
+    params = []
+    for p in FUSED_ON_DEVICES:
+        impl = p.values[1]
+        marks = list(p.marks)
+        if impl in ("cpu", "triton"):
+            marks.append(pytest.mark.xfail(reason=BIPARTITE_TIES.format(impl), strict=False))
+        params.append(pytest.param(*p.values, marks=marks, id=p.id))
+    return params
 
 
-@pytest.mark.parametrize("impl", _tie_params())
-def test_bipartite_match_ties_follow_the_rule(impl):
+@pytest.mark.parametrize("device, impl", _tie_params())
+def test_bipartite_match_ties_follow_the_rule(device, impl):
     """Duplicated metric rows and C = 1 give exact similarity ties: the backend must pick the pairs
     the reference (the documented rule) picks."""
 
@@ -448,18 +458,18 @@ ALL_PROTECTED = ("bipartite_match reference/triton: protected == N with an alter
                  "RuntimeError from torch.arange (partition_positions); cpu returns the identity matching")
 
 
-@pytest.mark.parametrize("impl", ["reference"] + BACKENDS)
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
 @pytest.mark.parametrize("partition", ["alternate", "alternate_after_protected"])
-def test_bipartite_match_with_every_token_protected_is_the_identity(impl, partition):
+def test_bipartite_match_with_every_token_protected_is_the_identity(device, impl, partition):
     if impl != "cpu":
         pytest.xfail(ALL_PROTECTED)
     m = ops.bipartite_match(torch.randn(2, 3, 2), 0, partition=partition, protected=3, impl=impl)
-    assert torch.equal(m.dst_index, torch.arange(3).expand(2, 3)) and m.merged_index.shape == (2, 0)
+    assert m.dst_index.tolist() == [[0, 1, 2]] * 2 and m.merged_index.shape == (2, 0)
 
 
-@pytest.mark.parametrize("impl", ["reference"] + BACKENDS)
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_bipartite_match_refuses_non_finite_metric(impl, bad):
+def test_bipartite_match_refuses_non_finite_metric(device, impl, bad):
     metric = torch.randn(2, 6, 3)
     metric[1, 4, 0] = bad
     with pytest.raises(ValueError, match="metric contains NaN or infinite"):
