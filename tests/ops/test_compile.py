@@ -176,3 +176,17 @@ def test_chunk_lens_tensor_under_compile_gives_gradients_and_checks_values(impl)
     torch.testing.assert_close(grad, expected)
     with pytest.raises((ValueError, RuntimeError), match="chunk_lens|u0|u1|u2|sum"):
         fn(q.detach(), torch.tensor([3, 1, 2]))  # sums to 6, not Lk = 7
+
+
+def test_chunk_lens_tensor_compiles_once_per_chunk_count():
+    """The lengths' values are read at run time; only their number T is part of the graph."""
+    torch._dynamo.reset()
+    counters.clear()
+    fn = torch.compile(lambda q, lens: ops.chunk_causal_attention(q, q, q, chunk_lens=lens, impl="reference"),
+                       fullgraph=True, dynamic=True, backend="aot_eager")
+    layouts = ([2, 3, 4], [4, 1, 1], [4, 5], [3, 3], [1, 1, 1, 1])
+    for lens in layouts:
+        q = _randn(1, 2, sum(lens), 4)
+        _assert_same(fn(q, torch.tensor(lens)), ops.chunk_causal_attention(q, q, q, chunk_lens=lens, impl="reference"),
+                     str(lens))
+    assert counters["stats"]["unique_graphs"] == len({len(lens) for lens in layouts})
