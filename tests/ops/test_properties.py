@@ -588,3 +588,23 @@ def test_compressed_patch_embed_matches_reference(impl, data):
         torch.testing.assert_close(got[finite], want[finite], **(_tolerance(dtype) if dtype == torch.float64 else
                                                                   dict(rtol=1e-4, atol=1e-4)))
     thread_invariant(impl, lambda: run(impl), out if len(out) > 1 else out[0])
+
+
+@per_backend
+def test_merge_source_covers_every_token_once(impl, data):
+    """Every original token lies in exactly one output token; composing two merges by passing the
+    source back gives the coverage of the composed matching."""
+    matching, x, _, r = _merge_case(data, impl)
+    batch, n = matching.dst_index.shape
+    source = ops.merge_source(matching, impl=impl)
+    assert torch.equal(source, ops.merge_source(matching, impl="reference"))
+    assert source.shape == (batch, n - r, n) and bool((source.sum(1) == 1).all())
+    assert bool(source.gather(2, matching.kept_index[..., None]).all())  # each output covers its own token
+    if n - r >= 2 and batch:
+        second = ops.bipartite_match(torch.randn(batch, n - r, 3), 1, impl="reference")
+        composed = ops.merge_source(second, source, impl=impl)
+        expected = torch.zeros(batch, n - r - 1, n, dtype=torch.bool)
+        for b in range(batch):
+            for i in range(n):
+                expected[b, second.dst_index[b, matching.dst_index[b, i]], i] = True
+        assert torch.equal(composed, expected)
