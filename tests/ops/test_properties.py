@@ -226,6 +226,7 @@ def test_gumbel_topk_select_matches_reference(impl, data):
     if hard:
         pick = ops.gumbel_topk(logits, k, hard=True, impl="reference", **args).argmax(-1)
         assert _same(out, x.gather(1, pick[..., None].expand(-1, -1, 2)))
+        thread_invariant(impl, lambda: ops.gumbel_topk_select(x, logits, k, hard=True, impl=impl, **args), out)
     else:
         expected = ops.gumbel_topk_select(x, logits, k, hard=False, impl="reference", **args)
         finite = torch.isfinite(expected)
@@ -283,6 +284,8 @@ def test_anchor_select_hard_is_the_best_window(impl, data):
         batch, frames, ah, aw, dim)
     out = ops.anchor_select(poisoned.reshape(x.shape), scores, (ah, aw), (sh, sw), impl=impl)
     assert torch.equal(out, expected)
+    thread_invariant(impl, lambda: ops.anchor_select(poisoned.reshape(x.shape), scores, (ah, aw), (sh, sw), impl=impl),
+                     out)
 
 
 @per_backend
@@ -323,6 +326,7 @@ def test_frame_select_matches_reference(impl, data):
         assert torch.equal(out, selected.reshape(batch, k, 2, 3)) and torch.equal(out, expected)
     else:
         torch.testing.assert_close(out, expected, **_tolerance(dtype))
+    thread_invariant(impl, lambda: ops.frame_select(poisoned, scores, k, impl=impl, **args), out)
 
 
 # ---------------------------------------------------------------- chunk_causal_attention
