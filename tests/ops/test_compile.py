@@ -38,10 +38,6 @@ class Case:
     graphs: int = 1
 
 
-def _matching(n):
-    return ops.bipartite_match(torch.randn(2, n, 3, generator=_gen(n)), 2, impl="reference")
-
-
 def _gen(seed):
     return torch.Generator().manual_seed(seed)
 
