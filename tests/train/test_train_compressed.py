@@ -1,10 +1,13 @@
 """MM-ViT fine-tuning on compressed clips: VideoFolder(mode="compressed") batches feed the classifier
 through a DataLoader worker, and `vidsel train --model mmvit_...` runs on a folder of MPEG-4 videos with
-audio (I-frames, motion vectors, residuals and audio, the four modalities of MM-ViT §3.2)."""
+audio (I-frames, motion vectors, residuals and audio, the four modalities of MM-ViT §3.2); a file
+without audio is skipped with one warning there, not a crash mid-epoch."""
 
 import json
 import os
+import warnings
 
+import pytest
 import torch
 from torch.utils.data import DataLoader
 
@@ -48,18 +51,24 @@ def test_vidsel_train_runs_mmvit_on_a_compressed_folder(tmp_path):
     data, out = tmp_path / "videos", tmp_path / "run"
     os.makedirs(data)
     make_folder(data, per_class=4)
+    silent = make_video(data / "left" / "zz_no_audio.mp4", size=(32, 32), num_frames=12, fps=12, motion=(-2, 0),
+                        gop=6, audio=None).path  # skipped with one warning: the model reads audio
     args = ["--model", "mmvit_iii_merged", "--data", str(data), "--out", str(out), "--epochs", "2",
-            "--batch-size", "3", "--lr", "1e-3", "--val-fraction", "0.25", "--workers", "1", "--no-progress",
+            "--batch-size", "3", "--lr", "1e-3", "--val-fraction", "0.25", "--workers", "0", "--no-progress",
             "--log-every", "1"] + [a for k, v in TINY_MMVIT.items() for a in ("--model-arg", f"{k}={v}")]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert main(args) == 0
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert main(args) == 0
     finally:
         torch.set_num_threads(threads)
+    assert len([w for w in caught if silent in str(w.message) and "no audio track" in str(w.message)]) == 1
     with open(out / "log.jsonl") as handle:
         log = [json.loads(line) for line in handle]
-    assert log[0]["train_clips"] == 6 and log[0]["held_out_clips"] == 2
+    assert log[0]["train_clips"] + log[0]["held_out_clips"] == 9
+    assert [e["path"] for e in log if e["event"] == "skipped"] == [silent]
     trains = [e for e in log if e["event"] == "train"]
     assert [e["step"] for e in trains] == [1, 2, 3, 4] and all(e["loss"] > 0 for e in trains)
     assert [(e["epoch"], e["clips"]) for e in log if e["event"] == "eval"] == [(0, 2), (1, 2)]
@@ -70,3 +79,10 @@ def test_vidsel_train_runs_mmvit_on_a_compressed_folder(tmp_path):
     reloaded.load_state_dict(final["model"])
     moved = [k for k, v in initial.state_dict().items() if not torch.equal(v, reloaded.state_dict()[k])]
     assert len(moved) > len(final["model"]) // 2
+
+
+def test_require_audio_needs_compressed_clips_with_audio(tmp_path):
+    make_folder(tmp_path, per_class=1)
+    for kwargs in (dict(mode="rgb"), dict(mode="compressed"), dict(mode="compressed", reader_kwargs=dict(audio=False))):
+        with pytest.raises(ValueError, match="require_audio"):
+            VideoFolder(tmp_path, frames=2, size=32, require_audio=True, **kwargs)

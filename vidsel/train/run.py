@@ -25,10 +25,11 @@ def datasets(args: argparse.Namespace, frames: int, size: int, mode: str = "rgb"
              audio: bool = False) -> tuple[VideoFolder, VideoFolder]:
     """(train, held-out): root/train + root/val when both exist, else a seeded per-class split of root.
 
-    mode: the VideoFolder mode the model reads; audio: compressed clips with their audio segments."""
+    mode: the VideoFolder mode the model reads; audio: compressed clips with their audio segments (files
+    without audio are then skipped as unreadable)."""
     train_root, val_root = os.path.join(args.data, "train"), os.path.join(args.data, "val")
     common = dict(frames=frames, size=size, mode=mode, seed=args.seed,
-                  reader_kwargs=dict(audio=audio) if mode == "compressed" else None)
+                  reader_kwargs=dict(audio=audio) if mode == "compressed" else None, require_audio=audio)
     if os.path.isdir(train_root) and os.path.isdir(val_root):
         train_set = VideoFolder(train_root, augment=args.augment, **common)
         return train_set, VideoFolder(val_root, classes=train_set.classes, **common)
