@@ -463,11 +463,18 @@ ALL_PROTECTED = ("bipartite_match reference/triton: protected == N with an alter
                  "RuntimeError from torch.arange (partition_positions); cpu returns the identity matching")
 
 
-@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def _xfail_except_cpu(params, reason):
+    """params with every non-cpu backend marked xfail(strict=False), so a fix turns them green."""
+    out = []
+    for p in params:
+        marks = list(p.marks) + ([] if p.values[1] == "cpu" else [pytest.mark.xfail(reason=reason, strict=False)])
+        out.append(pytest.param(*p.values, marks=marks, id=p.id))
+    return out
+
+
+@pytest.mark.parametrize("device, impl", _xfail_except_cpu(ON_DEVICES, ALL_PROTECTED))
 @pytest.mark.parametrize("partition", ["alternate", "alternate_after_protected"])
 def test_bipartite_match_with_every_token_protected_is_the_identity(device, impl, partition):
-    if impl != "cpu":
-        pytest.xfail(ALL_PROTECTED)
     m = ops.bipartite_match(torch.randn(2, 3, 2), 0, partition=partition, protected=3, impl=impl)
     assert m.dst_index.tolist() == [[0, 1, 2]] * 2 and m.merged_index.shape == (2, 0)
 
