@@ -117,7 +117,10 @@ def run(profile: str) -> list[Table]:
         "peak MiB: allocator peak during the call (profiler); temporaries MiB: that peak minus the returned "
         "tensors, i.e. the extra memory a contender needs beyond its result."
     )
-    table.notes.append(gemm_paths_note(("similarity",)))
+    table.notes.append(gemm_paths_note(
+        ("similarity",),
+        "matmul / bmm through the BLAS sgemm, torch.compile's graph through inductor (its matmuls on the BLAS)",
+    ))
     cold = cold_calls_ms(__name__, "cold_contenders", list(COLD))
     cold_tab = cold_table("token_merging_cold", f"match + merge, cold calls (same shapes, {torch.get_num_threads()} "
                           "threads)", cold, times, COLD[1])
