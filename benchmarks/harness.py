@@ -165,25 +165,12 @@ def peak_memory_mb(fn) -> float:
     return peak / 2**20
 
 
-def torch_blas_name() -> str:
-    """The BLAS / oneDNN builds torch links, e.g. "MKL 2024.2, oneDNN v3.12.0" (from torch.__config__)."""
-    import re
-
-    config = torch.__config__.show()
-    mkl = re.search(r"Math Kernel Library Version ([\d.]+)", config)
-    dnnl = re.search(r"MKL-DNN (v[\d.]+)", config)
-    blas = re.search(r"BLAS_INFO=(\w+)", config)
-    names = [f"MKL {mkl.group(1)}" if mkl else (blas.group(1) if blas else "unknown BLAS")]
-    if dnnl:
-        names.append(f"oneDNN {dnnl.group(1)}")
-    return ", ".join(names)
-
-
 def gemm_paths_note(classes: tuple[str, ...], torch_contenders: str = "torch's own BLAS / oneDNN kernels") -> str:
     """Which GEMM each contender ran: vidsel's kernels use the per-machine choice of csrc/cpu/gemm.h
     (shape classes `classes`); `torch_contenders` says what PyTorch's contenders run (torch's BLAS /
     oneDNN, named with their versions)."""
     from vidsel import _backends
+    from vidsel.info import torch_blas_name
 
     paths = _backends.cpu_gemm_paths()
     chosen = ", ".join(f"{c}={paths.get(c, 'n/a')}" for c in classes)
