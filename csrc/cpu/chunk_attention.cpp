@@ -3,8 +3,9 @@
 //
 // Flash-style on the CPU: every job owns one (batch, head, query tile); a queue (cpu/common.h JobQueue)
 // hands them out, longest key prefixes first, so a descheduled thread's share is taken over. A query
-// tile never crosses a chunk boundary unless the chunks are tiny, so all its rows see the same key prefix [0, chunk_end)
-// and the key loop simply stops there: tiles above the chunk diagonal are never visited. Scores of one
+// tile never crosses a chunk boundary unless the chunks are tiny, so all its rows see the same key
+// prefix [0, chunk_end) and the key loop simply stops there: tiles above the chunk diagonal are never
+// visited. Scores of one
 // (query tile x key block) live in a small per-thread buffer; the softmax is online (running max and
 // sum), the logsumexp is saved for the backward, which recomputes the scores. No L x L tensor exists.
 // The two products of every block run single-threaded inside our parallel region: float32 on the GEMM

@@ -69,11 +69,11 @@ void col2im_kernel(const scalar_t* cols, const PatchGeometry& g, int64_t count, 
 
 // ---- float32 fast path: one pass writing each modality slot of the output ----
 //
-// Every job (handed out by a JobQueue) owns a block of kDirectRows tokens of one clip: it gathers their patches into a per-thread
-// matrix (kept in L2), writes bias + PE into the output rows, and accumulates cols · Wᵀ on top with the
-// float32 GEMM chosen per machine (cpu/gemm.h: vidsel's AVX-512 tiles or the BLAS torch links, each
-// single-threaded inside the job). So each token is written once, straight into the output: no
-// convolution result, channels-last input or per-chunk weight copies.
+// Every job (handed out by a JobQueue) owns a block of kDirectRows tokens of one clip: it gathers their
+// patches into a per-thread matrix (kept in L2), writes bias + PE into the output rows, and accumulates
+// cols · Wᵀ on top with the float32 GEMM chosen per machine (cpu/gemm.h: vidsel's AVX-512 tiles or the
+// BLAS torch links, each single-threaded inside the job). So each token is written once, straight into
+// the output: no convolution result, channels-last input or per-chunk weight copies.
 constexpr int64_t kDirectRows = 96;  // a multiple of the GEMM's 6-row tiles; 96 x 768 floats = 288 KiB
 
 // Rows [row0, row0 + count) of one clip: patches into cols (count, depth), bias + PE into the slot rows.

@@ -118,7 +118,9 @@ std::string cpu_brand() {
 #if defined(__x86_64__) || defined(__i386__)
   unsigned int max_leaf = __get_cpuid_max(0x80000000u, nullptr);
   if (max_leaf >= 0x80000004u) {
-    for (unsigned int i = 0; i < 3; ++i) __get_cpuid(0x80000002u + i, &regs[4 * i], &regs[4 * i + 1], &regs[4 * i + 2], &regs[4 * i + 3]);
+    for (unsigned int i = 0; i < 3; ++i) {
+      __get_cpuid(0x80000002u + i, &regs[4 * i], &regs[4 * i + 1], &regs[4 * i + 2], &regs[4 * i + 3]);
+    }
   }
 #endif
   std::string brand(reinterpret_cast<const char*>(regs), sizeof(regs));
@@ -381,7 +383,8 @@ std::vector<std::string> report() {
                     st->spent_ms, kBudgetMs, st->cache_file.c_str());
     } else if (st->source == "calibrated") {
       std::snprintf(line, sizeof(line),
-                    "calibration: %.1f ms of the %.0f ms budget (%.1f ms CPU per thread; %d timed round%s; saved to %s)",
+                    "calibration: %.1f ms of the %.0f ms budget (%.1f ms CPU per thread; %d timed round%s; "
+                    "saved to %s)",
                     st->spent_ms, kBudgetMs, st->cpu_ms, st->timed_rounds, st->timed_rounds == 1 ? "" : "s",
                     st->cache_file.empty() ? "no cache" : st->cache_file.c_str());
     } else {
