@@ -166,7 +166,11 @@ def run(profile: str) -> list[Table]:
         "(csrc/cpu/gemm.h: vidsel's AVX-512 register tiles where MKL takes its AVX2 path, as on AMD CPUs; the BLAS "
         "where it runs full AVX-512, as on Intel), while SDPA's CPU flash kernel always goes through MKL."
     )
-    table.notes.append(gemm_paths_note(("attention_tile",)))
+    table.notes.append(gemm_paths_note(
+        ("attention_tile",),
+        "SDPA's CPU flash attention, tile products through ATen cpublas (the BLAS sgemm); FlexAttention as "
+        "inductor-generated C++",
+    ))
     cold = cold_calls_ms(__name__, "cold_contenders", list(COLD))
     cold_tab = cold_table(
         "chunk_attention_cold", f"chunk attention forward, cold calls (same shapes, {torch.get_num_threads()} threads)",

@@ -137,7 +137,10 @@ def run(profile: str) -> list[Table]:
         "upsampled flow, convolution outputs, input / weight copies, transposes, PE passes and the stack. "
         "Contenders are timed round-robin (medians) after 8 untimed round-robin warm-up rounds: in this VM the "
         "first calls touching fresh memory run up to 4x slower, for every contender (cold calls: next table).")
-    table.notes.append(gemm_paths_note(("patch_projection", "patch_gradient")))
+    table.notes.append(gemm_paths_note(
+        ("patch_projection", "patch_gradient"),
+        "Conv2d and its backward through oneDNN, the audio addmm through the BLAS",
+    ))
     names = list(contenders)
     cold = cold_calls_ms(__name__, "cold_contenders", names)
     steady = {name: measured[4][name][0] for name in names}

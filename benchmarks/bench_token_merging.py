@@ -6,6 +6,7 @@ gathers, scatter_reduce, cat, x*size and divide passes, written here); torch.com
 floors: bmm(a, b^T).max(-1) of the same similarity, and x.clone() (one pass over the data).
 Why: TESTA merges tokens in every block; the merge is only worth it when matching + merging cost
 little next to the attention it saves, so it is measured against the eager code and these floors.
+Contenders are timed round-robin (one call of each per round, medians) after 3 untimed warm-up rounds.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 
 import vidsel.ops as ops
 from benchmarks.harness import (
-    Table, cold_calls_ms, cold_table, expose, gemm_paths_note, median_ms, peak_memory_mb,
+    Table, cold_calls_ms, cold_table, expose, gemm_paths_note, interleaved_median_ms, peak_memory_mb,
     result_mb,
 )
 
@@ -88,8 +89,8 @@ def run(profile: str) -> list[Table]:
         "vidsel cpu: merge only": lambda: ops.merge(x, matching, size, impl="cpu"),
         "floor: x.clone()": lambda: x.clone(),
     })
-    seconds = 2.0 if profile == "full" else 1.0
-    times = {name: median_ms(fn, min_run_time=seconds) for name, fn in contenders.items()}
+    rounds = 31 if profile == "full" else 15
+    times = interleaved_median_ms(contenders, rounds, warmup_rounds=3)
     memory = {name: peak_memory_mb(fn) for name, fn in contenders.items()}
     extra = {name: max(memory[name] - result_mb(fn()), 0.0) for name, fn in contenders.items()}
 
@@ -116,7 +117,10 @@ def run(profile: str) -> list[Table]:
         "peak MiB: allocator peak during the call (profiler); temporaries MiB: that peak minus the returned "
         "tensors, i.e. the extra memory a contender needs beyond its result."
     )
-    table.notes.append(gemm_paths_note(("similarity",)))
+    table.notes.append(gemm_paths_note(
+        ("similarity",),
+        "matmul / bmm through the BLAS sgemm, torch.compile's graph through inductor (its matmuls on the BLAS)",
+    ))
     cold = cold_calls_ms(__name__, "cold_contenders", list(COLD))
     cold_tab = cold_table("token_merging_cold", f"match + merge, cold calls (same shapes, {torch.get_num_threads()} "
                           "threads)", cold, times, COLD[1])

@@ -8,7 +8,6 @@ same run and report ratios against a peer, never absolute targets alone: CPU tim
 from __future__ import annotations
 
 import contextlib
-import contextlib
 import gc
 import os
 import statistics
@@ -166,17 +165,19 @@ def peak_memory_mb(fn) -> float:
     return peak / 2**20
 
 
-def gemm_paths_note(classes: tuple[str, ...]) -> str:
+def gemm_paths_note(classes: tuple[str, ...], torch_contenders: str = "torch's own BLAS / oneDNN kernels") -> str:
     """Which GEMM each contender ran: vidsel's kernels use the per-machine choice of csrc/cpu/gemm.h
-    (shape classes `classes`); PyTorch's own contenders always use torch's BLAS / oneDNN."""
+    (shape classes `classes`); `torch_contenders` says what PyTorch's contenders run (torch's BLAS /
+    oneDNN, named with their versions)."""
     from vidsel import _backends
+    from vidsel.info import torch_blas_name
 
     paths = _backends.cpu_gemm_paths()
     chosen = ", ".join(f"{c}={paths.get(c, 'n/a')}" for c in classes)
     cpu = _backends.cpu_identity()
     return (f"GEMM paths on {cpu['model']} ({cpu['vendor']}): vidsel cpu contenders {chosen} "
-            f"(VIDSEL_CPU_GEMM={os.environ.get('VIDSEL_CPU_GEMM', 'auto')}); PyTorch contenders: "
-            "torch's own BLAS / oneDNN kernels.")
+            f"(VIDSEL_CPU_GEMM={os.environ.get('VIDSEL_CPU_GEMM', 'auto')}; blas = torch's sgemm); PyTorch "
+            f"contenders: {torch_contenders} ({torch_blas_name()}).")
 
 
 def _cold_child(module: str, factory: str, name: str, calls: int) -> None:

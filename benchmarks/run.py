@@ -53,6 +53,21 @@ def machine_header() -> dict:
     )
 
 
+def _load() -> float | None:
+    return round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else None
+
+
+def _load_note(before: float | None, after: float | None, cores: int | None) -> str:
+    """"load 0.3-0.5", with a warning when other processes wanted more cores than the machine has."""
+    if before is None or after is None:
+        return "load unknown"
+    note = f"load {before}-{after}" if before != after else f"load {before}"
+    if cores and max(before, after) > cores:
+        note += (" (more runnable processes than cores: multi-threaded medians include scheduler stalls, "
+                 "ratios are less reliable)")
+    return note
+
+
 _VENDORS = {"GenuineIntel": "intel", "AuthenticAMD": "amd"}
 
 
@@ -143,11 +158,12 @@ def main(argv=None) -> int:
     tables: list[Table] = []
     for name in tqdm(discover(args.only), desc="benchmarks", unit="module", disable=None):
         start = time.perf_counter()
+        load_before = _load()
         module = importlib.import_module(f"benchmarks.{name}")
         produced = module.run(profile)
         for table in produced:  # every README table names the machine it was measured on
             table.notes.insert(0, f"Measured on {header['cpu']} ({header['vendor']}), {header['cores']} cores, "
-                               f"load {header['load_1min']}, {header['date'][:10]}.")
+                               f"{_load_note(load_before, _load(), header['cores'])}, {header['date'][:10]}.")
         for table in produced:
             print("\n" + table.to_markdown(), flush=True)
         print(f"[{name}: {time.perf_counter() - start:.0f} s]", flush=True)

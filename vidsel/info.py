@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import sys
 
 import torch
@@ -20,6 +21,18 @@ def _collect_ops() -> dict[str, tuple[str, ...]]:
     return {name: op.supported for name, op in REGISTRY.items()}
 
 
+def torch_blas_name() -> str:
+    """The BLAS / oneDNN builds torch links, e.g. "MKL 2024.2, oneDNN v3.12.0" (from torch.__config__)."""
+    config = torch.__config__.show()
+    mkl = re.search(r"Math Kernel Library Version ([\d.]+)", config)
+    dnnl = re.search(r"MKL-DNN (v[\d.]+)", config)
+    blas = re.search(r"BLAS_INFO=(\w+)", config)
+    names = [f"MKL {mkl.group(1)}" if mkl else (blas.group(1) if blas else "unknown BLAS")]
+    if dnnl:
+        names.append(f"oneDNN {dnnl.group(1)}")
+    return ", ".join(names)
+
+
 def report() -> str:
     lines = [
         f"vidsel {vidsel.__version__}",
@@ -33,7 +46,8 @@ def report() -> str:
     gemm = _backends.cpu_gemm_report()
     if gemm:
         mode = os.environ.get("VIDSEL_CPU_GEMM", "auto")
-        lines[3:3] = [f"CPU GEMM path per shape class (VIDSEL_CPU_GEMM={mode}):"] + [f"  {line}" for line in gemm]
+        lines[3:3] = [f"CPU GEMM path per shape class (VIDSEL_CPU_GEMM={mode}; vidsel = its AVX-512 register tiles, "
+                      f"blas = torch's sgemm; torch links {torch_blas_name()}):"] + [f"  {line}" for line in gemm]
     status = _backends.backend_status()
     for name, st in status.items():
         lines.append(f"  {name:<10} {'yes' if st.built else 'no ':<4} {st.reason}")

@@ -1,9 +1,11 @@
 // Block-causal chunk attention (Mirasol3B §3.3.1, eq. 8): a query in time chunk t attends to every
 // key of chunks <= t, full attention inside its own chunk.
 //
-// Flash-style on the CPU: every job owns one (batch, head, query tile). A query tile never crosses a
-// chunk boundary unless the chunks are tiny, so all its rows see the same key prefix [0, chunk_end)
-// and the key loop simply stops there: tiles above the chunk diagonal are never visited. Scores of one
+// Flash-style on the CPU: every job owns one (batch, head, query tile); a queue (cpu/common.h JobQueue)
+// hands them out, longest key prefixes first, so a descheduled thread's share is taken over. A query
+// tile never crosses a chunk boundary unless the chunks are tiny, so all its rows see the same key
+// prefix [0, chunk_end) and the key loop simply stops there: tiles above the chunk diagonal are never
+// visited. Scores of one
 // (query tile x key block) live in a small per-thread buffer; the softmax is online (running max and
 // sum), the logsumexp is saved for the backward, which recomputes the scores. No L x L tensor exists.
 // The two products of every block run single-threaded inside our parallel region: float32 on the GEMM
@@ -111,11 +113,6 @@ std::vector<Tile> make_tiles(const std::vector<int64_t>& key_end, int64_t max_ro
     }
   }
   return tiles;
-}
-
-// Job order pairing expensive tiles (late chunks) with cheap ones so static scheduling balances.
-int64_t folded(int64_t index, int64_t count) {
-  return index % 2 == 0 ? index / 2 : count - 1 - index / 2;
 }
 
 template <typename T>
@@ -234,10 +231,12 @@ void forward_kernel(const Problem<T>& p, T* out, T* lse) {
   const int64_t n_tiles = int64_t(p.tiles.size()), bh_count = p.batch * p.heads;
   int64_t max_rows = 0;
   for (const Tile& t : p.tiles) max_rows = std::max(max_rows, t.end - t.begin);
-  at::parallel_for(0, bh_count * n_tiles, 1, [&](int64_t begin, int64_t end) {
+  // Late tiles (the longest key prefixes) first, so the queue ends on short jobs.
+  JobQueue queue(bh_count * n_tiles);
+  on_workers(bh_count * n_tiles, [&](int64_t) {
     std::vector<T> scores(max_rows * kKeyBlock), acc(max_rows * p.dim), row_max(max_rows), row_sum(max_rows);
-    for (int64_t job = begin; job < end; ++job) {
-      const int64_t bh = job / n_tiles, tile = folded(job % n_tiles, n_tiles);
+    for (int64_t job; (job = queue.take()) >= 0;) {
+      const int64_t bh = job % bh_count, tile = n_tiles - 1 - job / bh_count;
       forward_tile(p, bh, p.tiles[tile], out, lse, scores, acc, row_max, row_sum);
     }
   });
@@ -328,9 +327,10 @@ void backward_tile(const Problem<T>& p, const Grads<T>& g, int64_t bh, const Til
 template <typename T>
 void backward_by_head(const Problem<T>& p, const Grads<T>& g, int64_t max_rows) {
   const int64_t d = p.dim;
-  at::parallel_for(0, p.batch * p.heads, 1, [&](int64_t begin, int64_t end) {
+  JobQueue queue(p.batch * p.heads);
+  on_workers(p.batch * p.heads, [&](int64_t) {
     BackwardScratch<T> scratch(max_rows, d);
-    for (int64_t bh = begin; bh < end; ++bh) {
+    for (int64_t bh; (bh = queue.take()) >= 0;) {
       KeyGrads<T> out{g.grad_k + bh * p.lk * d, g.grad_v + bh * p.lk * d,
                       g.grad_bias_heads ? g.grad_bias_heads + bh * p.lk : nullptr};
       std::fill(out.k, out.k + p.lk * d, T(0));
@@ -348,11 +348,12 @@ void backward_by_tile(const Problem<T>& p, const Grads<T>& g, int64_t max_rows, 
   const int64_t d = p.dim, bh_count = p.batch * p.heads, n_tiles = int64_t(p.tiles.size());
   const int64_t kv_size = bh_count * p.lk * d, per_thread = 2 * kv_size + bh_count * p.lk;
   std::vector<T> partial(threads * per_thread, T(0));
-  at::parallel_for(0, bh_count * n_tiles, 1, [&](int64_t begin, int64_t end) {
+  JobQueue queue(bh_count * n_tiles);
+  on_workers(bh_count * n_tiles, [&](int64_t worker) {
     BackwardScratch<T> scratch(max_rows, d);
-    T* mine = partial.data() + at::get_thread_num() * per_thread;
-    for (int64_t job = begin; job < end; ++job) {
-      const int64_t bh = job / n_tiles, tile = folded(job % n_tiles, n_tiles);
+    T* mine = partial.data() + worker * per_thread;
+    for (int64_t job; (job = queue.take()) >= 0;) {
+      const int64_t bh = job % bh_count, tile = n_tiles - 1 - job / bh_count;
       KeyGrads<T> out{mine + bh * p.lk * d, mine + kv_size + bh * p.lk * d,
                       g.grad_bias_heads ? mine + 2 * kv_size + bh * p.lk : nullptr};
       backward_tile(p, g, bh, p.tiles[tile], out, scratch);

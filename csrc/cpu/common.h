@@ -5,6 +5,10 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+
 namespace vidsel {
 
 // When enabled (tests do this), fresh outputs are filled with NaN (floating) or -1 (integer)
@@ -26,6 +30,35 @@ void finish_streaming(bool streaming);
 
 // Checks every index in `index` lies in [0, upper); raises before any kernel reads memory with it.
 void check_index_range(const at::Tensor& index, int64_t upper, const char* name);
+
+// Jobs 0 .. count-1 handed out one at a time to whichever thread asks first (take() returns -1 when
+// none is left). at::parallel_for splits a range statically: on a shared machine, or a CPU with fast and
+// slow cores, a thread that is descheduled or slow then holds up the whole region with its share,
+// while with a queue the other threads take over its jobs. List expensive jobs first.
+class JobQueue {
+ public:
+  explicit JobQueue(int64_t count) : count_(count) {}
+  int64_t take() {
+    const int64_t job = next_.fetch_add(1, std::memory_order_relaxed);
+    return job < count_ ? job : -1;
+  }
+
+ private:
+  std::atomic<int64_t> next_{0};
+  const int64_t count_;
+};
+
+// How many workers share `jobs` jobs: min(threads, jobs), at least 1.
+inline int64_t worker_count(int64_t jobs) { return std::clamp<int64_t>(jobs, 1, std::max(1, at::get_num_threads())); }
+
+// Runs body(worker) once for every worker 0 .. worker_count(jobs)-1, each on its own thread when there
+// are threads to spare; body typically drains a JobQueue with per-worker scratch.
+template <class Body>
+void on_workers(int64_t jobs, const Body& body) {
+  at::parallel_for(0, worker_count(jobs), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t w = begin; w < end; ++w) body(w);
+  });
+}
 
 }  // namespace vidsel
 

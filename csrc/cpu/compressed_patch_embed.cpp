@@ -11,6 +11,7 @@
 
 #include <ATen/OpMathType.h>
 
+#include <algorithm>
 #include <vector>
 
 namespace vidsel {
@@ -68,11 +69,11 @@ void col2im_kernel(const scalar_t* cols, const PatchGeometry& g, int64_t count, 
 
 // ---- float32 fast path: one pass writing each modality slot of the output ----
 //
-// Every job owns a block of kDirectRows tokens of one clip: it gathers their patches into a per-thread
-// matrix (kept in L2), writes bias + PE into the output rows, and accumulates cols · Wᵀ on top with the
-// float32 GEMM chosen per machine (cpu/gemm.h: vidsel's AVX-512 tiles or the BLAS torch links, each
-// single-threaded inside the job). So each token is written once, straight into the output: no
-// convolution result, channels-last input or per-chunk weight copies.
+// Every job (handed out by a JobQueue) owns a block of kDirectRows tokens of one clip: it gathers their
+// patches into a per-thread matrix (kept in L2), writes bias + PE into the output rows, and accumulates
+// cols · Wᵀ on top with the float32 GEMM chosen per machine (cpu/gemm.h: vidsel's AVX-512 tiles or the
+// BLAS torch links, each single-threaded inside the job). So each token is written once, straight into
+// the output: no convolution result, channels-last input or per-chunk weight copies.
 constexpr int64_t kDirectRows = 96;  // a multiple of the GEMM's 6-row tiles; 96 x 768 floats = 288 KiB
 
 // Rows [row0, row0 + count) of one clip: patches into cols (count, depth), bias + PE into the slot rows.
@@ -106,9 +107,10 @@ bool embed_direct_float(const at::Tensor& x, const PatchGeometry& g, const at::T
   const int64_t blocks = (rows + kDirectRows - 1) / kDirectRows, slot_stride = out.size(1) * rows * dim;
   const float *frames_ptr = x.data_ptr<float>(), *w = weight_t.data_ptr<float>();
   float* first_slot = out.data_ptr<float>() + modality * rows * dim;
-  at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
+  JobQueue queue(batch * blocks);
+  on_workers(batch * blocks, [&](int64_t) {
     std::vector<float> cols(kDirectRows * depth);
-    for (int64_t job = begin; job < end; ++job) {
+    for (int64_t job; (job = queue.take()) >= 0;) {
       const int64_t b = job / blocks, row0 = (job % blocks) * kDirectRows;
       const int64_t count = std::min(kDirectRows, rows - row0);
       float* slot = first_slot + b * slot_stride;
@@ -122,9 +124,11 @@ bool embed_direct_float(const at::Tensor& x, const PatchGeometry& g, const at::T
 }
 
 // Backward of the projection weight, float32: grad_W (D, depth) = Σ over every clip's rows of gradᵀ · cols.
-// Per clip, chunks of kGradRows patch rows are gathered in parallel (the chunk stays in L2), then the D
-// output rows are split over threads, each accumulating its block of gradᵀ (a transposed operand, no
-// copy) times the chunk with the GEMM chosen for this shape class.
+// One parallel region: the patch rows form chunks of kGradRows (a chunk stays in L2, never straddling
+// clips) handed out by a JobQueue; each worker gathers its chunk and accumulates gradᵀ (a transposed
+// operand, no copy) times the chunk, kGradOutRows output rows at a time, into its own (D, depth)
+// partial with the GEMM chosen for this shape class; the partials are summed after. (A region per
+// chunk made every thread wait for the slowest at each of the 2 x 7 chunk boundaries per modality.)
 constexpr int64_t kGradRows = 256;
 constexpr int64_t kGradOutRows = 96;
 
@@ -135,32 +139,43 @@ bool weight_grad_float(const at::Tensor& x, const PatchGeometry& g, const at::Te
   TORCH_CHECK(x.is_contiguous() && x.size(2) * x.size(3) * x.size(4) == g.frame_size() && grad_m.dim() == 4 &&
                   grad_m.size(0) == batch && grad_m.size(1) == frames && grad_m.size(2) == g.tokens,
               "vidsel(cpu): weight gradient bounds");
+  if (grad_m.stride(3) != 1 || grad_m.stride(2) != dim || grad_m.stride(1) != g.tokens * dim) return false;
   if (batch * rows == 0) {  // nothing flows back (an empty batch)
     grad_weight = at::zeros({dim, depth}, x.options());
     return true;
   }
-  grad_weight = at::empty({dim, depth}, x.options());
   const cpu_gemm::Path path = cpu_gemm::choose(cpu_gemm::ShapeClass::kPatchGradient);
-  at::Tensor cols = at::empty({std::min(kGradRows, rows), depth}, x.options());
-  float *gw = grad_weight.data_ptr<float>(), *patches = cols.data_ptr<float>();
-  const int64_t out_blocks = (dim + kGradOutRows - 1) / kGradOutRows;
-  for (int64_t b = 0; b < batch; ++b) {
-    const at::Tensor grad_clip = grad_m.select(0, b).contiguous();  // (T, N, D): a view when grad is dense
-    const float* grad = grad_clip.data_ptr<float>();
-    const float* clip = x.data_ptr<float>() + b * frames * g.frame_size();
-    for (int64_t row0 = 0; row0 < rows; row0 += kGradRows) {
+  const int64_t chunks_per_clip = (rows + kGradRows - 1) / kGradRows, jobs = batch * chunks_per_clip;
+  const int64_t workers = worker_count(jobs);
+  at::Tensor partials = at::empty({workers, dim, depth}, x.options());
+  std::vector<char> used(workers, 0);
+  const float *grad = grad_m.data_ptr<float>(), *clips = x.data_ptr<float>();
+  float* partial_ptr = partials.data_ptr<float>();
+  JobQueue queue(jobs);
+  on_workers(jobs, [&](int64_t worker) {
+    std::vector<float> cols(kGradRows * depth);
+    float* gw = partial_ptr + worker * dim * depth;
+    for (int64_t job; (job = queue.take()) >= 0;) {
+      const int64_t b = job / chunks_per_clip, row0 = (job % chunks_per_clip) * kGradRows;
       const int64_t count = std::min(kGradRows, rows - row0);
-      im2col_kernel(clip, g, row0, count, patches);
-      const bool first = b == 0 && row0 == 0;
-      at::parallel_for(0, out_blocks, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t block = begin; block < end; ++block) {
-          const int64_t i0 = block * kGradOutRows, out_rows = std::min(kGradOutRows, dim - i0);
-          // gradᵀ rows i0.., columns row0..: grad is stored (count x dim) and read transposed.
-          cpu_gemm::sgemm(path, true, false, out_rows, depth, count, 1.0f, grad + row0 * dim + i0, dim, patches,
-                          depth, first ? 0.0f : 1.0f, gw + i0 * depth, depth);
-        }
-      });
+      const float* clip = clips + b * frames * g.frame_size();
+      for (int64_t r = 0; r < count; ++r) {
+        const int64_t row = row0 + r;
+        gather_patch(clip + (row / g.tokens) * g.frame_size(), g, row % g.tokens, cols.data() + r * depth);
+      }
+      const float* grad_rows = grad + b * grad_m.stride(0) + row0 * dim;
+      for (int64_t i0 = 0; i0 < dim; i0 += kGradOutRows) {
+        // gradᵀ rows i0.., columns row0..: grad is stored (count x dim) and read transposed.
+        cpu_gemm::sgemm(path, true, false, std::min(kGradOutRows, dim - i0), depth, count, 1.0f, grad_rows + i0, dim,
+                        cols.data(), depth, used[worker] ? 1.0f : 0.0f, gw + i0 * depth, depth);
+      }
+      used[worker] = 1;
     }
+  });
+  grad_weight = at::Tensor();
+  for (int64_t w = 0; w < workers; ++w) {
+    if (!used[w]) continue;  // a worker that found the queue empty
+    grad_weight = grad_weight.defined() ? grad_weight.add_(partials.select(0, w)) : partials.select(0, w);
   }
   return true;
 }

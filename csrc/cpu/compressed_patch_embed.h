@@ -118,7 +118,7 @@ inline void embed_full_resolution(const at::Tensor& x, const PatchGeometry& g, c
 //       // a device fast path writing the whole modality slot of `out`; false: not applicable, use the generic path
 //   static void replicate_audio(const at::Tensor& tokens /* (B, T, D) */, at::Tensor& out /* (B, 4, T, N, D) */)
 //   static bool weight_grad_direct(x, g, grad_m (B, T, N, D), grad_weight)
-//       // full-resolution weight gradient (D, depth) without input gradients; false: use the generic path
+//       // weight gradient (D, depth) of any modality without input gradients; false: use the generic path
 // workspace: im2col buffer reused across modalities (re-allocating MBs per call costs page faults).
 template <class Ops>
 void embed_modality(const at::Tensor& x, const PatchGeometry& g, const at::Tensor& weight2d, const at::Tensor& bias,
@@ -239,8 +239,8 @@ std::vector<at::Tensor> modality_backward(const at::Tensor& x, const PatchGeomet
   const auto acc = accumulate_type(x.scalar_type());
   at::Tensor grad_weight;
   at::Tensor grad_input = need_input ? at::zeros(x.sizes(), x.options().dtype(acc)) : at::Tensor();
-  if (g.scale == 1 && !need_input && Ops::weight_grad_direct(x, g, grad_m, grad_weight)) {
-    // the device fast path computed the (D, depth) weight gradient
+  if (!need_input && Ops::weight_grad_direct(x, g, grad_m, grad_weight)) {
+    // the device fast path computed the (D, depth) weight gradient (motion: of the cell-summed weight)
   } else if (g.scale == 1 && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble)) {
     convolution_grads(x, g, weight, grad_m, need_input, grad_input, grad_weight);
   } else {

@@ -6,11 +6,15 @@
 // AVX-512 on Intel, where it beats them. oneDNN is not a contender: ATen reaches it for float32
 // matmul only through operators that allocate their result, and these products write into tiles.
 //
-// Each shape class is timed once per process, lazily, on first use (both contenders on one
-// representative product, best of a few runs, every thread busy as in the kernels); the whole
-// calibration is capped at 50 ms. BLAS must win by a 10% margin to be chosen, so the same machine
-// makes the same choice run after run. VIDSEL_CPU_GEMM=auto|vidsel|blas (read once) forces a path;
-// set_mode() does the same at run time (tests).
+// The choice is made once per process, lazily, on the first use of any class (so every class is
+// covered): every thread times every class's representative product on both contenders, in rounds
+// (a warm-up, then up to 3 timed rounds alternating which contender goes first), by thread CPU
+// time, so a thread preempted on a shared machine does not inflate either side. The whole
+// calibration is capped at 50 ms of wall time. BLAS must win by a 10% margin to be chosen. The result
+// is saved per machine (CPU model, torch version, thread count) in $VIDSEL_CACHE_DIR (default
+// ~/.cache/vidsel; "off" disables it), so later processes on the same machine read the same choice
+// instead of timing again. VIDSEL_CPU_GEMM=auto|vidsel|blas (read once) forces a path; set_mode()
+// does the same at run time (tests).
 #pragma once
 
 #include <cstdint>
@@ -31,7 +35,7 @@ constexpr int kShapeClasses = 5;
 
 enum class Path : int { kVidsel = 0, kBlas = 1 };
 
-// The path for a shape class: calibrates it on first use. Call it outside parallel regions.
+// The path for a shape class: calibrates every class on the first call. Call it outside parallel regions.
 Path choose(ShapeClass cls);
 
 // Row-major C (m x n) = alpha op(A) op(B) + beta C on `path`, single-threaded (safe inside
@@ -44,7 +48,7 @@ void sgemm(Path path, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t 
 void set_mode(const std::string& mode);
 std::string mode();
 
-// One line per shape class: "<class>: <path> (<why>)", calibrating every class not yet seen.
+// One line per shape class: "<class>: <path> (<why>)", then "calibration: ..." (unless forced).
 std::vector<std::string> report();
 
 bool vidsel_available();  // built with AVX-512

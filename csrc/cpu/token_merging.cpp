@@ -242,8 +242,9 @@ std::vector<at::Tensor> bipartite_match_impl(const at::Tensor& metric, int64_t r
   if (r > 0 && std::is_same_v<acc_t, float>) {
     const cpu_gemm::Path path = cpu_gemm::choose(cpu_gemm::ShapeClass::kSimilarity);
     const int64_t na = packed.empty() ? 0 : packed[0].na, blocks = (na + kSimRows - 1) / kSimRows;
-    at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; ++t) {
+    JobQueue queue(batch * blocks);  // dynamic: a descheduled thread's blocks are taken over
+    on_workers(batch * blocks, [&](int64_t) {
+      for (int64_t t; (t = queue.take()) >= 0;) {
         const int64_t b = t / blocks, row0 = (t % blocks) * kSimRows;
         const PackedRow<acc_t>& p = packed[b];
         best_partner_block(path, reinterpret_cast<const float*>(p.a.data()) + row0 * c_dim,

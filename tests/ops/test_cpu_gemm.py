@@ -122,14 +122,16 @@ def test_dense_indicator_products_on_each_path(path):
 def test_report_names_every_shape_class_and_is_stable():
     first = _backends.cpu_gemm_report()
     assert [line.split(":")[0] for line in first] == [*SHAPE_CLASSES, "calibration"]
+    if "vidsel" in PATHS:  # every class was timed on both paths (none left to a default)
+        assert all("vidsel " in line and "blas " in line and " ms" in line for line in first[:-1]), first
     assert _backends.cpu_gemm_report() == first  # calibrated once per process
     assert set(_backends.cpu_gemm_paths().values()) <= {"vidsel", "blas"}
     with forced("blas"):
         assert set(_backends.cpu_gemm_paths().values()) == {"blas"}
 
 
-def _in_subprocess(code: str, mode: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, VIDSEL_CPU_GEMM=mode)
+def _in_subprocess(code: str, mode: str, **env_vars) -> subprocess.CompletedProcess:
+    env = dict(os.environ, VIDSEL_CPU_GEMM=mode, **env_vars)
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
                           cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -139,6 +141,24 @@ def test_environment_forces_the_path(mode):
     done = _in_subprocess("from vidsel import _backends; print(sorted(set(_backends.cpu_gemm_paths().values())))", mode)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str([mode])
+
+
+@pytest.mark.skipif("vidsel" not in PATHS, reason="without AVX-512 there is nothing to calibrate")
+def test_choice_is_saved_per_machine_and_read_back(tmp_path):
+    code = "from vidsel import _backends; print('\\n'.join(_backends.cpu_gemm_report()))"
+    first = _in_subprocess(code, "auto", VIDSEL_CACHE_DIR=str(tmp_path))
+    assert first.returncode == 0, first.stderr
+    files = list(tmp_path.glob("cpu_gemm-*.txt"))
+    assert len(files) == 1 and "saved to" in first.stdout, first.stdout
+    second = _in_subprocess(code, "auto", VIDSEL_CACHE_DIR=str(tmp_path))
+    assert second.returncode == 0, second.stderr
+    assert "choice read from" in second.stdout
+    paths = lambda out: [line.split("(")[0] for line in out.splitlines()[:-1]]  # noqa: E731
+    assert paths(second.stdout) == paths(first.stdout)
+    files[0].write_text("stale key\n")  # another machine's or a damaged file: calibrated again, rewritten
+    third = _in_subprocess(code, "auto", VIDSEL_CACHE_DIR=str(tmp_path))
+    assert third.returncode == 0 and "saved to" in third.stdout, third.stdout + third.stderr
+    assert files[0].read_text().startswith("vidsel-cpu-gemm")
 
 
 def test_bad_environment_value_is_rejected():
