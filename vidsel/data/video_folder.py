@@ -223,8 +223,10 @@ def collate_clips(batch: list) -> tuple:
     """DataLoader collate_fn: [(sample, label)] -> (batch of samples, (B,) int64 labels).
 
     RGB (and transformed) samples go through torch's default_collate; CompressedClips become a dict of
-    stacked "iframes" (B, T, 3, H, W), "motion" (B, T, 2, h, w), "residual" (B, T, 3, H, W), and "audio"
-    (B, T, S) when every clip has audio of one length.
+    stacked "iframes" (B, T, 3, H, W), "motion" (B, T, 2, h, w), "residual" (B, T, 3, H, W), "block_size",
+    and "audio" (B, T, S) with "sample_rate" when every clip has audio at one rate (segments of clips of
+    different durations are cut to the shortest, S samples: the log-mel features MM-ViT takes are means
+    over a segment's windows).
     """
     if not batch:
         raise ValueError("batch must hold at least one (sample, label) pair")
@@ -233,7 +235,8 @@ def collate_clips(batch: list) -> tuple:
         return default_collate(list(samples)), torch.as_tensor(labels, dtype=torch.int64)
     out = {key: torch.stack([getattr(c, key) for c in samples]) for key in ("iframes", "motion", "residual")}
     audio = [c.audio for c in samples]
-    if all(a is not None for a in audio) and len({tuple(a.shape) for a in audio}) == 1:
-        out["audio"] = torch.stack(audio)
+    if all(a is not None for a in audio) and len({c.sample_rate for c in samples}) == 1:
+        length = min(a.shape[-1] for a in audio)
+        out["audio"], out["sample_rate"] = torch.stack([a[..., :length] for a in audio]), samples[0].sample_rate
     out["block_size"] = samples[0].block_size
     return out, torch.as_tensor(labels, dtype=torch.int64)
