@@ -93,7 +93,7 @@ GPU = {
     "copy_rows": {1: _launch(8, 2, BLOCK_ROWS=16, BLOCK_D=128)},
     "perturbed_topk": {1: _launch(8, 2, BLOCK_I=128, BLOCK_J=64)},
     # key: row length (next power of two); a row is walked in BLOCK_L blocks, so any length runs
-    "gumbel_topk": {256: _launch(2, 1, BLOCK_L=256), 1024: _launch(8, 1, BLOCK_L=1024)},
+    "gumbel_topk": {256: _launch(2, 1, BLOCK_L=256), 512: _launch(8, 1, BLOCK_L=512)},
     # key: map width (BLOCK_W)
     "summed_area": {128: _launch(8, 1, BLOCK_R=16)},
     "anchor_mean": {1: _launch(4, 1, BLOCK_G=128)},

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import vidsel.ops as ops
-from tests.helpers import DTYPES, assert_close, compiled_backends, cpu_backends, non_contiguous
+from tests.helpers import DTYPES, assert_close, compiled_backends, cpu_backends, fused_device_backends, non_contiguous
 from vidsel.ops._dispatch import supported
 from vidsel.ops.gumbel_topk import GUMBEL_TOPK, GUMBEL_TOPK_BACKWARD, _gumbel_topk, _gumbel_topk_backward
 
@@ -167,10 +167,10 @@ def test_nan_logits_rank_last(impl):
     assert torch.equal(out, torch.tensor([[[0.0, 1.0]]]))
 
 
-@pytest.mark.parametrize("impl", COMPILED)
+@pytest.mark.parametrize("device, impl", fused_device_backends(SUPPORTED_IMPLS))
 @pytest.mark.parametrize("replacement", [False, True])
-def test_rows_longer_than_one_block(impl, replacement):
-    """Rows span several kernel blocks (16 items under the interpreter, 1024 on a GPU): the first
+def test_rows_longer_than_one_block(device, impl, replacement):
+    """Rows span several kernel blocks (16 items under the interpreter, 256 or 512 on a GPU): the first
     maximum, the softmax denominator and earlier picks all cross block boundaries."""
     torch.manual_seed(9)
     logits = torch.randn(2, 70, dtype=torch.float64)

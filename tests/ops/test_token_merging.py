@@ -5,11 +5,14 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import vidsel.ops as ops
-from tests.helpers import DTYPES, assert_close, compiled_backends, cpu_backends, non_contiguous
+from tests.helpers import (DTYPES, assert_close, compiled_backends, cpu_backends, device_backends,
+                           fused_device_backends, non_contiguous)
 from vidsel.reference import token_merging as reference
 
 BACKENDS = cpu_backends()
 FUSED = compiled_backends()
+ON_DEVICES = device_backends()  # (device, impl): CPU tensors here, CUDA tensors on a GPU machine
+FUSED_ON_DEVICES = fused_device_backends()
 
 # (B, N, C, r, protected, partition): odd N, N=2, r=0, r=max, B=1, protected CLS, C not a multiple of 16.
 MATCH_CASES = [
@@ -249,17 +252,17 @@ def _tie_inputs(case):
     return metric, dict(r=r, partition=partition, importance=importance, protected=protected)
 
 
-@pytest.mark.parametrize("impl", FUSED)
+@pytest.mark.parametrize("device, impl", FUSED_ON_DEVICES)
 @pytest.mark.parametrize("case", TIE_CASES, ids=str)
-def test_exact_ties_match_reference(impl, case):
+def test_exact_ties_match_reference(device, impl, case):
     """Duplicated rows and C = 1 tie exactly, and every backend breaks the ties the same way."""
     metric, kwargs = _tie_inputs(case)
     _same_matching(ops.bipartite_match(metric, impl="reference", **kwargs),
                    ops.bipartite_match(metric, impl=impl, **kwargs))
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_ties_go_to_the_lower_position(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_ties_go_to_the_lower_position(device, impl):
     """C = 1, all positive: every similarity is 1, so the first A tokens merge into B's first token."""
     metric = torch.tensor([[[3.0], [0.1], [7.0], [2.0], [5.0], [9.0], [0.3], [4.0]]])
     m = ops.bipartite_match(metric, 3, impl=impl)
@@ -269,8 +272,8 @@ def test_ties_go_to_the_lower_position(impl):
     assert m.merged_index.tolist() == [[0, 2, 4]] and m.merged_into.tolist() == [[3, 3, 3]]
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_scaled_copy_ties_with_a_duplicate(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_scaled_copy_ties_with_a_duplicate(device, impl):
     """A token's exact duplicate and a scaled copy both have similarity 1 (within rounding): a tie,
     so the lower positions merge first and the first of the two partners is taken."""
     torch.manual_seed(3)
@@ -282,9 +285,9 @@ def test_scaled_copy_ties_with_a_duplicate(impl):
     assert m.merged_index.tolist() == [[0, 4]] and m.merged_into.tolist() == [[5, 3]]
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
-def test_non_finite_metric_rows_rank_last(impl, bad):
+def test_non_finite_metric_rows_rank_last(device, impl, bad):
     """A row holding NaN or +-inf has NaN similarity with every row: no error (no host sync), its A
     token merges only after every finite pair, into B's first token, and nothing merges into it."""
     torch.manual_seed(1)
@@ -304,8 +307,8 @@ def test_non_finite_metric_rows_rank_last(impl, bad):
                    ops.bipartite_match(metric.float(), 5, impl=impl))
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_nan_importance_ranks_last(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_nan_importance_ranks_last(device, impl):
     """partition='importance': A = the least important tokens; a NaN importance is picked last."""
     importance = torch.tensor([[5.0, float("nan"), 1.0, float("-inf"), 2.0, float("inf"), 1.0, 0.0]])
     metric = torch.randn(1, 8, 4)
@@ -315,18 +318,6 @@ def test_nan_importance_ranks_last(impl):
     assert m.kept_index.tolist() == [[1]]  # the NaN token is the last one left in B
     _same_matching(ops.bipartite_match(metric, 6, partition="importance", importance=importance, impl="reference"),
                    ops.bipartite_match(metric, 6, partition="importance", importance=importance, impl=impl))
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("impl", ["cuda", "triton"])
-@pytest.mark.parametrize("case", TIE_CASES, ids=str)
-def test_exact_ties_on_cuda_tensors(impl, case):
-    metric, kwargs = _tie_inputs(case)
-    expected = ops.bipartite_match(metric, impl="reference", **kwargs)
-    if kwargs["importance"] is not None:
-        kwargs["importance"] = kwargs["importance"].cuda()
-    got = ops.bipartite_match(metric.cuda(), impl=impl, **kwargs)
-    _same_matching(expected, [t.cpu() for t in got])
 
 
 @pytest.mark.parametrize("impl", [b for b in FUSED if b == "cpu"])
