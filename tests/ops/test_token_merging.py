@@ -327,3 +327,11 @@ def test_cpu_kernels_reject_out_of_range_indices(impl):
         torch.ops.vidsel_C.scatter_rows(x, torch.tensor([[0, 1, 2, 5]]), None, 3)
     with pytest.raises(RuntimeError, match="dst_index"):
         torch.ops.vidsel_C.gather_rows(x, torch.tensor([[0, -1]]), None)
+
+
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+@pytest.mark.parametrize("partition", ["alternate", "alternate_after_protected"])
+def test_every_token_protected_is_the_identity(device, impl, partition):
+    for n in (3, 4):
+        m = ops.bipartite_match(torch.randn(2, n, 2), 0, partition=partition, protected=n, impl=impl)
+        assert m.dst_index.tolist() == [list(range(n))] * 2 and m.merged_index.shape == (2, 0)

@@ -48,7 +48,7 @@ def partition_positions(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Positions of A (B, |A|) and B (B, |B|) tokens, each row ascending."""
     if kind != IMPORTANCE:
-        a0, b0 = alternate_starts(kind, protected)
+        a0, b0 = (min(start, n) for start in alternate_starts(kind, protected))  # protected = N: both empty
         a_pos = torch.arange(a0, n, 2, device=device)
         return a_pos.expand(batch, -1), torch.arange(b0, n, 2, device=device).expand(batch, -1)
     free = torch.arange(protected, n, device=device)
