@@ -363,14 +363,11 @@ def test_chunk_attention_matches_reference_and_is_causal(impl, data):
 
 
 PARTITION_NAMES = ["alternate", "alternate_after_protected", "importance"]
-# Exact ties (duplicated metric rows, C = 1) on the compiled backends: they pick other pairs than the
-# documented rule (most similar first, equal similarities to the lower position).
-BIPARTITE_TIES = "bipartite_match {}: exact ties do not follow the documented tie rule yet"
 
 
 def _matching_args(data, n: int):
     partition = data.draw(st.sampled_from(PARTITION_NAMES))
-    protected = data.draw(st.integers(0, min(2, n - 1)))  # protected == N: see ALL_PROTECTED
+    protected = data.draw(st.integers(0, min(2, n - 1)))  # protected == N: its own test below
     free = n - protected
     high = free // 2 if partition != "importance" else max(free - 1, 0)
     return dict(r=data.draw(st.integers(0, high)), partition=partition, protected=protected)
@@ -418,19 +415,7 @@ def test_bipartite_match_matches_reference(impl, data):
     thread_invariant(impl, lambda: tuple(_match_all(metric, args, importance, impl)), tuple(matching))
 
 
-def _tie_params():
-    """FUSED_ON_DEVICES with the cpu and triton pairs marked xfail(strict=False)."""
-    params = []
-    for p in FUSED_ON_DEVICES:
-        impl = p.values[1]
-        marks = list(p.marks)
-        if impl in ("cpu", "triton"):
-            marks.append(pytest.mark.xfail(reason=BIPARTITE_TIES.format(impl), strict=False))
-        params.append(pytest.param(*p.values, marks=marks, id=p.id))
-    return params
-
-
-@pytest.mark.parametrize("device, impl", _tie_params())
+@pytest.mark.parametrize("device, impl", FUSED_ON_DEVICES)
 def test_bipartite_match_ties_follow_the_rule(device, impl):
     """Duplicated metric rows and C = 1 give exact similarity ties: the backend must pick the pairs
     the reference (the documented rule) picks."""
@@ -459,15 +444,9 @@ def _tied_rows(values: list[float], n: int, channels: int) -> list[list[float]]:
     return [distinct[i % len(distinct)] for i in range(n)]
 
 
-ALL_PROTECTED = ("bipartite_match reference/triton: protected == N with an alternate partition raises "
-                 "RuntimeError from torch.arange (partition_positions); cpu returns the identity matching")
-
-
 @pytest.mark.parametrize("device, impl", ON_DEVICES)
 @pytest.mark.parametrize("partition", ["alternate", "alternate_after_protected"])
 def test_bipartite_match_with_every_token_protected_is_the_identity(device, impl, partition):
-    if impl != "cpu":
-        pytest.xfail(ALL_PROTECTED)
     m = ops.bipartite_match(torch.randn(2, 3, 2), 0, partition=partition, protected=3, impl=impl)
     assert m.dst_index.tolist() == [[0, 1, 2]] * 2 and m.merged_index.shape == (2, 0)
 
