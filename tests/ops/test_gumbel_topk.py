@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import vidsel.ops as ops
-from tests.helpers import DTYPES, assert_close, compiled_backends, cpu_backends, fused_device_backends, non_contiguous
+from tests.helpers import (DTYPES, assert_close, compiled_backends, cpu_backends, fused_device_backends,
+                           non_contiguous)
 from vidsel.ops._dispatch import supported
 from vidsel.ops.gumbel_topk import GUMBEL_TOPK, GUMBEL_TOPK_BACKWARD, _gumbel_topk, _gumbel_topk_backward
 
