@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.vidsel-deps
 export MAX_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: setup build test test-fast test-long bench bench-full info clean gpu-check
+.PHONY: setup build test test-fast test-long test-asan bench bench-full info clean gpu-check
 
 setup: $(STAMP)
 
@@ -34,6 +34,11 @@ test: build
 test-long: build
 	VIDSEL_HYPOTHESIS_PROFILE=long TRITON_INTERPRET=1 $(PY) -m pytest -q -p no:cacheprovider tests/ops/test_properties.py
 	VIDSEL_FUZZ_MUTATIONS=2000 $(PY) -m pytest -q -p no:cacheprovider tests/io/test_reader_fuzz.py
+
+# csrc/cpu with AddressSanitizer + UndefinedBehaviorSanitizer, built into build/asan (vidsel/_C*.so untouched),
+# and the op tests against it; fails on any test failure or sanitizer report. Run it after every csrc change.
+test-asan: setup
+	PY=$(PY) bash tools/test_asan.sh
 
 bench: build
 	$(PY) -m benchmarks.run

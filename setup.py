@@ -6,6 +6,8 @@ Environment knobs:
   VIDSEL_CPU_ARCH=...    value for -march on the CPU extension (default: native)
   VIDSEL_CUDA_ARCH=90    SM architecture for csrc/cuda (default: 90, i.e. sm_90)
   MAX_JOBS               parallel compile jobs (ninja)
+  VIDSEL_SANITIZE=1      csrc/cpu only, with AddressSanitizer + UndefinedBehaviorSanitizer (`make test-asan`,
+                         tools/test_asan.sh, which builds it into build/asan, never over vidsel/_C*.so)
 """
 
 import glob
@@ -45,13 +47,19 @@ def _nvidia_wheel_includes():
 def _extensions():
     if os.environ.get("VIDSEL_SKIP_EXT") == "1":
         return [], {}
-    cuda_home = None if os.environ.get("VIDSEL_NO_CUDA") == "1" else _find_cuda_home()
+    sanitize = os.environ.get("VIDSEL_SANITIZE") == "1"
+    cuda_home = None if sanitize or os.environ.get("VIDSEL_NO_CUDA") == "1" else _find_cuda_home()
     if cuda_home:
         os.environ["CUDA_HOME"] = cuda_home  # read by torch.utils.cpp_extension at import
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
     march = os.environ.get("VIDSEL_CPU_ARCH", "native")
     cpu_flags = ["-O3", "-fopenmp", "-std=c++20", f"-march={march}", "-ffp-contract=fast", "-Wno-unused-parameter"]
+    cpu_link = ["-fopenmp"]
+    if sanitize:
+        checks = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
+        cpu_flags = [f for f in cpu_flags if f != "-O3"] + ["-O1", "-g", "-fno-omit-frame-pointer"] + checks
+        cpu_link += checks
     cpu_sources = sorted(glob.glob("csrc/cpu/*.cpp"))
     exts = [
         CppExtension(
@@ -59,7 +67,7 @@ def _extensions():
             cpu_sources,
             include_dirs=[os.path.join(ROOT, "csrc")],
             extra_compile_args={"cxx": cpu_flags},
-            extra_link_args=["-fopenmp"],
+            extra_link_args=cpu_link,
         )
     ]
     if cuda_home:
@@ -76,7 +84,7 @@ def _extensions():
                 },
             )
         )
-    else:
+    elif not sanitize:
         print("vidsel setup: nvcc/CUDA toolkit not found, csrc/cuda is not built", file=sys.stderr)
     return exts, {"build_ext": BuildExtension.with_options(use_ninja=True)}
 

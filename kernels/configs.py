@@ -53,7 +53,7 @@ INTERPRETER = {
     "topk_place": _launch(BLOCK=128),
     "copy_rows": _launch(BLOCK_ROWS=16, BLOCK_D=64),
     "perturbed_topk": _launch(BLOCK_I=64, BLOCK_J=64),
-    "gumbel_topk": _launch(),
+    "gumbel_topk": _launch(BLOCK_L=16),
     "summed_area": _launch(BLOCK_R=4),
     "anchor_mean": _launch(BLOCK_G=32),
     "anchor_pixels": _launch(BLOCK_P=16, BLOCK_D=64),
@@ -92,8 +92,8 @@ GPU = {
     "topk_place": {1: _launch(4, 2, BLOCK=1024)},
     "copy_rows": {1: _launch(8, 2, BLOCK_ROWS=16, BLOCK_D=128)},
     "perturbed_topk": {1: _launch(8, 2, BLOCK_I=128, BLOCK_J=64)},
-    # key: row length (BLOCK_L = next power of two); longer rows are rejected on GPUs
-    "gumbel_topk": {1024: _launch(4, 1), 4096: _launch(8, 1)},
+    # key: row length (next power of two); a row is walked in BLOCK_L blocks, so any length runs
+    "gumbel_topk": {256: _launch(2, 1, BLOCK_L=256), 512: _launch(8, 1, BLOCK_L=512)},
     # key: map width (BLOCK_W)
     "summed_area": {128: _launch(8, 1, BLOCK_R=16)},
     "anchor_mean": {1: _launch(4, 1, BLOCK_G=128)},

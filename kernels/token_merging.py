@@ -4,8 +4,10 @@ best_partner fuses cosine similarity with the row max/argmax of bipartite matchi
 BLOCK_A rows of set A and streams set B in tiles, keeping a running best score and its first argmax,
 so the |A| x |B| similarity matrix never exists in memory. The raw rows enter tl.dot in their own
 dtype (tensor cores for float16 / bfloat16, tf32 or ieee for float32) with float32 (float64)
-accumulation, and the tile is divided by the two row norms: a.b / (|a| |b|), the cosine of
-F.normalize(a) . F.normalize(b) without rounding unit vectors to the input dtype.
+accumulation, and the tile is divided by the product of the two row norms: a.b / (|a| |b|), the
+cosine of F.normalize(a) . F.normalize(b) without rounding unit vectors to the input dtype. Every
+element of a tl.dot tile is reduced over C the same way, so equal rows give equal similarities; NaN
+similarities (a row with NaN or inf) rank after every number, as in the reference.
 
 scatter_rows (behind merge) accumulates w_i * x_i into its destination row with atomics into a
 float32 (float64) buffer, cast to the input dtype at the end; gather_rows (behind unmerge) is a plain
@@ -24,10 +26,11 @@ _NORM_EPS = 1e-12  # F.normalize's floor on the row norm
 @triton.jit
 def _best_partner_kernel(
     a_ptr, b_ptr, norm_a_ptr, norm_b_ptr, best_ptr, index_ptr, NA, NB, C,
-    ACC_DTYPE: tl.constexpr, DOT: tl.constexpr, OPERAND: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, DOT: tl.constexpr, OPERAND: tl.constexpr, SNAP_UNIT: tl.constexpr,
     BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     batch = tl.program_id(0).to(tl.int64)
+    snap = (8 * (C + 4)).to(tl.float32) * SNAP_UNIT  # the reference's snap_to_one band
     rows = tl.program_id(1) * BLOCK_A + tl.arange(0, BLOCK_A)
     row_mask = rows < NA
     a_base = a_ptr + batch * NA * C
@@ -48,15 +51,24 @@ def _best_partner_kernel(
                         mask=col_mask[:, None] & chan_mask[None, :], other=0.0).to(OPERAND)
             acc += tl.dot(a, tl.trans(b), input_precision=DOT, out_dtype=ACC_DTYPE)
         norm_b = tl.load(norm_b_ptr + batch * NB + cols, mask=col_mask, other=1.0)
-        sim = acc / norm_a[:, None] / norm_b[None, :]
-        sim = tl.where(col_mask[None, :], sim, float("-inf"))
+        # One division by |a| |b|: with C = 1 it is |a b| itself, so the cosine is exactly +-1.
+        sim = acc / (norm_a[:, None] * norm_b[None, :])
+        sim = tl.where(1 - sim <= snap, 1.0, sim)
+        # NaN ranks after every number: it only wins a row with nothing else (restored below).
+        sim = tl.where(col_mask[None, :] & (sim == sim), sim, float("-inf"))
         tile_best = tl.max(sim, axis=1)
         tile_index = tl.argmax(sim, axis=1).to(tl.int32) + j0  # first maximum within the tile
         better = tile_best > best  # strict: an earlier tile keeps ties
         best = tl.where(better, tile_best, best)
         best_index = tl.where(better, tile_index, best_index)
+    best = tl.where(best == float("-inf"), float("nan"), best)  # a cosine is never -inf: all NaN
     tl.store(best_ptr + batch * NA + rows, best, mask=row_mask)
     tl.store(index_ptr + batch * NA + rows, best_index.to(tl.int64), mask=row_mask)
+
+
+def _snap_unit(acc_dtype: torch.dtype) -> float:
+    """Unit roundoff of the accumulator (a power of two, exact in the kernel's float32 constant)."""
+    return 2.0**-53 if acc_dtype == torch.float64 else 2.0**-24
 
 
 def _norms(x: torch.Tensor, acc_dtype: torch.dtype) -> torch.Tensor:
@@ -77,7 +89,7 @@ def best_partner(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.
     _best_partner_kernel[grid](
         a, b, norm_a, norm_b, best, index, na, nb, c, ACC_DTYPE=acc_tl,
         DOT=configs.dot_precision(a.dtype, a.device), OPERAND=configs.dot_operand(a.dtype, a.device),
-        **config.kwargs(),
+        SNAP_UNIT=_snap_unit(acc_dtype), **config.kwargs(),
     )
     return best, index
 
@@ -173,7 +185,8 @@ def aot_specs():
             for config in configs.gpu_table("best_partner", dtype, precision).values():
                 specs.append(configs.AotSpec(
                     _best_partner_kernel, "token_merging", name, config,
-                    dict(config.blocks, ACC_DTYPE=acc_tl, DOT=precision, OPERAND=configs.dot_operand(dtype, "cuda")),
+                    dict(config.blocks, ACC_DTYPE=acc_tl, DOT=precision, OPERAND=configs.dot_operand(dtype, "cuda"),
+                         SNAP_UNIT=_snap_unit(acc_torch)),
                     types=dict(norm_a_ptr="*" + acc_name, norm_b_ptr="*" + acc_name, best_ptr="*" + acc_name,
                                index_ptr="*i64"),
                     data=name, variant=suffix, aligned=("C",),

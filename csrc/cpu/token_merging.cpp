@@ -6,6 +6,12 @@
 //   L2-normalised A rows, a transposed copy of the normalised B rows and one best score per A row.
 //   float32 similarity blocks (64 A rows x up to 1024 B rows) run on the GEMM chosen per machine
 //   (cpu/gemm.h) and are reduced to max/argmax while in cache; float64 uses the register tile below.
+//   A GEMM rounds an entry differently depending on where it sits in its tiles (MKL does), so the
+//   GEMM only finds the candidates: every entry within rounding of a block's maximum is recomputed
+//   as a fixed-order sum over C (pair_dot), and the winner is chosen on those values. Duplicated
+//   rows then give bit-equal similarities wherever they sit, as in the reference.
+//   Ranking rule (the reference's): larger first, NaN after every number, ties to the lower index;
+//   similarities within snap_band() of 1 count as 1 (a token and its duplicate tie at 1).
 //
 // Row scatter/gather behind merge / unmerge ("merge them by averaging"; ToMe merge_wavg):
 //
@@ -47,6 +53,24 @@ enum PartitionKind : int64_t { kAlternate = 0, kImportance = 1, kAlternateAfterP
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
+// True when (a, ia) ranks ahead of (b, ib): larger first, NaN after every number, ties by index.
+template <typename T>
+bool ranks_ahead(T a, int64_t ia, T b, int64_t ib) {
+  const bool a_nan = std::isnan(a), b_nan = std::isnan(b);
+  if (a_nan != b_nan) return b_nan;
+  if (a_nan || a == b) return ia < ib;
+  return a > b;
+}
+
+// The reference's snap_to_one: within 8 (C + 4) u of 1 a cosine of C channels counts as exactly 1.
+template <typename acc_t>
+acc_t snap_band(int64_t c_dim) {
+  return acc_t(8 * (c_dim + 4)) * std::numeric_limits<acc_t>::epsilon() / 2;
+}
+
+template <typename acc_t>
+acc_t snap_to_one(acc_t v, acc_t band) { return acc_t(1) - v <= band ? acc_t(1) : v; }
+
 // Sources (A) and destinations (B) of one batch row, as token positions in ascending order.
 struct Partition {
   std::vector<int64_t> a_pos;
@@ -67,9 +91,8 @@ template <typename imp_t>
 Partition importance_partition(const imp_t* importance, int64_t n, int64_t r, int64_t protected_tokens) {
   std::vector<int64_t> order(n - protected_tokens);
   std::iota(order.begin(), order.end(), protected_tokens);
-  auto less_important = [&](int64_t i, int64_t j) {
-    return importance[i] < importance[j] || (importance[i] == importance[j] && i < j);
-  };
+  // Ascending with NaN after every number (as torch.sort), ties by position.
+  auto less_important = [&](int64_t i, int64_t j) { return ranks_ahead(-importance[i], i, -importance[j], j); };
   std::nth_element(order.begin(), order.begin() + r, order.end(), less_important);
   Partition p;
   p.a_pos.assign(order.begin(), order.begin() + r);
@@ -83,8 +106,9 @@ template <typename acc_t>
 void normalise_into(const acc_t* row, int64_t c_dim, acc_t* out, int64_t out_stride) {
   acc_t sq = 0;
   for (int64_t c = 0; c < c_dim; ++c) sq += row[c] * row[c];
-  const acc_t inv = acc_t(1) / std::max<acc_t>(std::sqrt(sq), acc_t(kNormEps));
-  for (int64_t c = 0; c < c_dim; ++c) out[c * out_stride] = row[c] * inv;
+  // A division as F.normalize (a reciprocal multiply would not give exactly +-1 for C = 1).
+  const acc_t norm = std::max<acc_t>(std::sqrt(sq), acc_t(kNormEps));
+  for (int64_t c = 0; c < c_dim; ++c) out[c * out_stride] = row[c] / norm;
 }
 
 // Packed, normalised operands of one batch row: A row-major (na_pad x C), B transposed (C x nb_pad).
@@ -115,7 +139,7 @@ void pack_row(const acc_t* metric, int64_t c_dim, const Partition& part, PackedR
 template <typename acc_t>
 void best_partner_tile(const acc_t* a, const acc_t* bt, int64_t c_dim, int64_t nb, int64_t nb_pad,
                        acc_t* best, int64_t* best_index) {
-  const acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
+  const acc_t neg_inf = -std::numeric_limits<acc_t>::infinity(), band = snap_band<acc_t>(c_dim);
   acc_t lane_best[kRowTile<acc_t>][kColTile];
   int32_t lane_index[kRowTile<acc_t>][kColTile];
   for (int64_t m = 0; m < kRowTile<acc_t>; ++m) {
@@ -136,8 +160,8 @@ void best_partner_tile(const acc_t* a, const acc_t* bt, int64_t c_dim, int64_t n
     for (int64_t m = 0; m < kRowTile<acc_t>; ++m) {
       for (int64_t n = 0; n < kColTile; ++n) {
         const int32_t j = static_cast<int32_t>(j0 + n);
-        const acc_t v = j < nb ? acc[m][n] : neg_inf;
-        const bool better = v > lane_best[m][n];  // strict: keeps the first j within a lane
+        const acc_t v = j < nb ? snap_to_one(acc[m][n], band) : neg_inf;
+        const bool better = v > lane_best[m][n];  // strict: keeps the first j within a lane; never NaN
         lane_best[m][n] = better ? v : lane_best[m][n];
         lane_index[m][n] = better ? j : lane_index[m][n];
       }
@@ -153,7 +177,7 @@ void best_partner_tile(const acc_t* a, const acc_t* bt, int64_t c_dim, int64_t n
         j = lane_index[m][n];
       }
     }
-    best[m] = v;
+    best[m] = v == neg_inf ? std::numeric_limits<acc_t>::quiet_NaN() : v;  // a cosine is never -inf: all NaN
     best_index[m] = j;
   }
 }
@@ -161,13 +185,24 @@ void best_partner_tile(const acc_t* a, const acc_t* bt, int64_t c_dim, int64_t n
 constexpr int64_t kSimRows = 64;    // A rows per float32 similarity block (a multiple of kRowTile<float>)
 constexpr int64_t kSimCols = 1024;  // B rows per block: 64 x 1024 floats = 256 KiB, stays in L2
 
-// float32: for `rows` A rows, the best cosine similarity over all B rows and its first index.
+// One similarity of normalised rows, a fixed-order sum (the same bits for every (i, j)).
+float pair_dot(const float* a_row, const float* bt_col, int64_t c_dim, int64_t nb_pad) {
+  float dot = 0;
+  for (int64_t c = 0; c < c_dim; ++c) dot += a_row[c] * bt_col[c * nb_pad];
+  return dot;
+}
+
+// float32: for `rows` A rows, the best cosine similarity over all B rows and its index (ranking rule).
 void best_partner_block(cpu_gemm::Path path, const float* a, const float* bt, int64_t c_dim, int64_t rows,
                         int64_t nb, int64_t nb_pad, float* best, int64_t* best_index) {
   thread_local std::vector<float> sim;
   sim.resize(kSimRows * kSimCols);
+  const float band = snap_band<float>(c_dim);
+  // GEMM and pair_dot each round a cosine by at most ~(C + 2) u; the winner after snapping is
+  // within the band of 1 or within twice that rounding of the block maximum.
+  const float window = band + snap_band<float>(c_dim) / 2;
   for (int64_t r = 0; r < rows; ++r) {
-    best[r] = -std::numeric_limits<float>::infinity();
+    best[r] = std::numeric_limits<float>::quiet_NaN();  // stays NaN when every similarity is NaN
     best_index[r] = 0;
   }
   for (int64_t j0 = 0; j0 < nb; j0 += kSimCols) {
@@ -176,13 +211,16 @@ void best_partner_block(cpu_gemm::Path path, const float* a, const float* bt, in
     for (int64_t r = 0; r < rows; ++r) {
       const float* s = sim.data() + r * cols;
       float row_max = -std::numeric_limits<float>::infinity();
-#pragma omp simd reduction(max : row_max)
-      for (int64_t j = 0; j < cols; ++j) row_max = std::max(row_max, s[j]);
-      if (!(row_max > best[r])) continue;  // strict: an earlier block keeps ties
-      int64_t j = 0;
-      while (s[j] != row_max) ++j;  // the first maximum
-      best[r] = row_max;
-      best_index[r] = j0 + j;
+      for (int64_t j = 0; j < cols; ++j) row_max = s[j] > row_max ? s[j] : row_max;  // NaN never wins
+      if (row_max == -std::numeric_limits<float>::infinity()) continue;  // only NaN in this block
+      for (int64_t j = 0; j < cols; ++j) {
+        if (!(s[j] >= row_max - window)) continue;
+        const float v = snap_to_one(pair_dot(a + r * c_dim, bt + j0 + j, c_dim, nb_pad), band);
+        if (ranks_ahead(v, j0 + j, best[r], best_index[r])) {
+          best[r] = v;
+          best_index[r] = j0 + j;
+        }
+      }
     }
   }
 }
@@ -271,7 +309,7 @@ std::vector<at::Tensor> bipartite_match_impl(const at::Tensor& metric, int64_t r
       if (partition != kImportance) {
         // Top-r pairs by similarity (ties: lower position first) without a full sort.
         const std::vector<acc_t>& s = best[b];
-        auto more_similar = [&](int64_t i, int64_t j) { return s[i] > s[j] || (s[i] == s[j] && i < j); };
+        auto more_similar = [&](int64_t i, int64_t j) { return ranks_ahead(s[i], i, s[j], j); };
         std::nth_element(merging.begin(), merging.begin() + r, merging.end(), more_similar);
         merging.resize(r);
       }

@@ -14,11 +14,13 @@ constexpr int kWarp = 32;
 constexpr int kRowsPerBlock = 4;  // one warp per A row
 
 // One warp per A row. For each B row the lanes split the feature dimension (coalesced loads) and a
-// butterfly reduction gives every lane the dot product; the running best follows ranks_ahead
-// (larger first, NaN after every number, ties to the lower index), so the index is always valid.
+// butterfly reduction gives every lane the dot product (the same order for every pair, so duplicated
+// rows give equal similarities); within `snap` of 1 it counts as 1 (the reference's snap_to_one); the
+// running best follows ranks_ahead (larger first, NaN after every number, ties to the lower index),
+// so the index is always valid.
 template <typename T>
 __global__ void best_partner_kernel(const T* a, const T* b, T* best, int64_t* best_index, int64_t batch, int64_t na,
-                                    int64_t nb, int64_t c) {
+                                    int64_t nb, int64_t c, T snap) {
   const int64_t row = blockIdx.x * kRowsPerBlock + threadIdx.x / kWarp;
   const int lane = threadIdx.x % kWarp;
   if (row >= na) return;
@@ -31,6 +33,7 @@ __global__ void best_partner_kernel(const T* a, const T* b, T* best, int64_t* be
       T dot = 0;
       for (int64_t k = lane; k < c; k += kWarp) dot += a_row[k] * b_rows[j * c + k];
       for (int offset = kWarp / 2; offset > 0; offset /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
+      if (T(1) - dot <= snap) dot = T(1);
       if (best_j < 0 || ranks_ahead(static_cast<double>(dot), j, static_cast<double>(best_dot), best_j)) {
         best_dot = dot;
         best_j = j;
@@ -120,12 +123,14 @@ cudaError_t launch_best_partner(const void* a, const void* b, void* best, int64_
   if (batch == 0 || na == 0 || nb == 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>(ceil_div(na, kRowsPerBlock)), grid_y_for(batch));
   const int threads = kRowsPerBlock * kWarp;
+  const double band = 8.0 * static_cast<double>(c + 4);  // times the unit roundoff of the accumulator
   if (is_double) {
     best_partner_kernel<double><<<grid, threads, 0, stream>>>(static_cast<const double*>(a),
-        static_cast<const double*>(b), static_cast<double*>(best), best_index, batch, na, nb, c);
+        static_cast<const double*>(b), static_cast<double*>(best), best_index, batch, na, nb, c, band * 0x1p-53);
   } else {
     best_partner_kernel<float><<<grid, threads, 0, stream>>>(static_cast<const float*>(a),
-        static_cast<const float*>(b), static_cast<float*>(best), best_index, batch, na, nb, c);
+        static_cast<const float*>(b), static_cast<float*>(best), best_index, batch, na, nb, c,
+        static_cast<float>(band * 0x1p-24));
   }
   return cudaGetLastError();
 }

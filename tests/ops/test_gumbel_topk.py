@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import vidsel.ops as ops
-from tests.helpers import DTYPES, assert_close, compiled_backends, cpu_backends, non_contiguous
+from tests.helpers import (DTYPES, assert_close, compiled_backends, cpu_backends, fused_device_backends,
+                           non_contiguous)
 from vidsel.ops._dispatch import supported
 from vidsel.ops.gumbel_topk import GUMBEL_TOPK, GUMBEL_TOPK_BACKWARD, _gumbel_topk, _gumbel_topk_backward
 
@@ -165,3 +166,37 @@ def test_bad_inputs_name_the_argument(call, error, name):
 def test_nan_logits_rank_last(impl):
     out = ops.gumbel_topk(torch.tensor([[float("nan"), 0.0]]), 1, seed=0, impl=impl)
     assert torch.equal(out, torch.tensor([[[0.0, 1.0]]]))
+
+
+@pytest.mark.parametrize("device, impl", fused_device_backends(SUPPORTED_IMPLS))
+@pytest.mark.parametrize("replacement", [False, True])
+def test_rows_longer_than_one_block(device, impl, replacement):
+    """Rows span several kernel blocks (16 items under the interpreter, 256 or 512 on a GPU): the first
+    maximum, the softmax denominator and earlier picks all cross block boundaries."""
+    torch.manual_seed(9)
+    logits = torch.randn(2, 70, dtype=torch.float64)
+    logits[0, :40] = float("-inf")  # the first blocks hold only -inf: the pick is in a later block
+    logits[1, 20:50] = float("nan")  # NaNs in the middle blocks rank after every number
+    grad = torch.randn(2, 4, 70, dtype=torch.float64)
+    for hard in (True, False):
+        args = (4, 0.6, hard, replacement, 31)
+        expected, actual = _gumbel_topk(logits, *args, "reference"), _gumbel_topk(logits, *args, impl)
+        if hard:
+            assert torch.equal(actual, expected)
+            assert not (actual[1, :, 20:50] > 0).any()
+        else:
+            assert torch.equal(actual.isnan(), expected.isnan())
+            assert_close(actual.nan_to_num(), expected.nan_to_num(), torch.float64)
+    finite = logits[:1]
+    assert_close(_gumbel_topk_backward(grad[:1], finite, 4, 0.6, replacement, 31, impl),
+                 _gumbel_topk_backward(grad[:1], finite, 4, 0.6, replacement, 31, "reference"), torch.float64)
+
+
+def test_gpu_launch_table_covers_any_row_length():
+    """On a GPU a row longer than the largest table entry is walked in that entry's blocks."""
+    from vidsel.kernels import configs
+
+    table = configs.GPU["gumbel_topk"]
+    for length in (1, 300, 4096, 4097, 100_000):
+        block = table[configs.gpu_key(table, configs.next_power_of_2(length))]["BLOCK_L"]
+        assert block <= max(table) and (block >= length or block == max(table))

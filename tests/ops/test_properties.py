@@ -363,14 +363,11 @@ def test_chunk_attention_matches_reference_and_is_causal(impl, data):
 
 
 PARTITION_NAMES = ["alternate", "alternate_after_protected", "importance"]
-# Exact ties (duplicated metric rows, C = 1) on the compiled backends: they pick other pairs than the
-# documented rule (most similar first, equal similarities to the lower position).
-BIPARTITE_TIES = "bipartite_match {}: exact ties do not follow the documented tie rule yet"
 
 
 def _matching_args(data, n: int):
     partition = data.draw(st.sampled_from(PARTITION_NAMES))
-    protected = data.draw(st.integers(0, min(2, n - 1)))  # protected == N: see ALL_PROTECTED
+    protected = data.draw(st.integers(0, min(2, n - 1)))  # protected == N: its own test below
     free = n - protected
     high = free // 2 if partition != "importance" else max(free - 1, 0)
     return dict(r=data.draw(st.integers(0, high)), partition=partition, protected=protected)
@@ -418,19 +415,7 @@ def test_bipartite_match_matches_reference(impl, data):
     thread_invariant(impl, lambda: tuple(_match_all(metric, args, importance, impl)), tuple(matching))
 
 
-def _tie_params():
-    """FUSED_ON_DEVICES with the cpu and triton pairs marked xfail(strict=False)."""
-    params = []
-    for p in FUSED_ON_DEVICES:
-        impl = p.values[1]
-        marks = list(p.marks)
-        if impl in ("cpu", "triton"):
-            marks.append(pytest.mark.xfail(reason=BIPARTITE_TIES.format(impl), strict=False))
-        params.append(pytest.param(*p.values, marks=marks, id=p.id))
-    return params
-
-
-@pytest.mark.parametrize("device, impl", _tie_params())
+@pytest.mark.parametrize("device, impl", FUSED_ON_DEVICES)
 def test_bipartite_match_ties_follow_the_rule(device, impl):
     """Duplicated metric rows and C = 1 give exact similarity ties: the backend must pick the pairs
     the reference (the documented rule) picks."""
@@ -459,33 +444,25 @@ def _tied_rows(values: list[float], n: int, channels: int) -> list[list[float]]:
     return [distinct[i % len(distinct)] for i in range(n)]
 
 
-ALL_PROTECTED = ("bipartite_match reference/triton: protected == N with an alternate partition raises "
-                 "RuntimeError from torch.arange (partition_positions); cpu returns the identity matching")
-
-
-def _xfail_except_cpu(params, reason):
-    """params with every non-cpu backend marked xfail(strict=False), so a fix turns them green."""
-    out = []
-    for p in params:
-        marks = list(p.marks) + ([] if p.values[1] == "cpu" else [pytest.mark.xfail(reason=reason, strict=False)])
-        out.append(pytest.param(*p.values, marks=marks, id=p.id))
-    return out
-
-
-@pytest.mark.parametrize("device, impl", _xfail_except_cpu(ON_DEVICES, ALL_PROTECTED))
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
 @pytest.mark.parametrize("partition", ["alternate", "alternate_after_protected"])
 def test_bipartite_match_with_every_token_protected_is_the_identity(device, impl, partition):
     m = ops.bipartite_match(torch.randn(2, 3, 2), 0, partition=partition, protected=3, impl=impl)
     assert m.dst_index.tolist() == [[0, 1, 2]] * 2 and m.merged_index.shape == (2, 0)
 
 
-@pytest.mark.parametrize("device, impl", ON_DEVICES)
-@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_bipartite_match_refuses_non_finite_metric(device, impl, bad):
-    metric = torch.randn(2, 6, 3)
+@pytest.mark.parametrize("device, impl", FUSED_ON_DEVICES)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_bipartite_match_non_finite_metric_rows_merge_last_like_the_reference(device, impl, bad):
+    """A NaN/inf metric row has NaN similarity with every row: ranked after every number, on every backend."""
+    metric = torch.randn(2, 7, 3)
     metric[1, 4, 0] = bad
-    with pytest.raises(ValueError, match="metric contains NaN or infinite"):
-        ops.bipartite_match(metric, 2, impl=impl)
+    matching = ops.bipartite_match(metric, 3, impl=impl)
+    expected = ops.bipartite_match(metric, 3, impl="reference")
+    for name in matching._fields:
+        assert torch.equal(getattr(matching, name), getattr(expected, name)), name
+    _check_matching_invariants(matching, 7, 3, 0)
+    assert 4 in matching.kept_index[1].tolist()  # A token 4 ranks after the 3 finite A tokens: it stays
 
 
 # ---------------------------------------------------------------- merge / unmerge
@@ -497,7 +474,7 @@ def _merge_case(data, impl):
         args = _matching_args(data, n)
         matching = _match_all(torch.randn(batch, n, 3, dtype=torch.float64), args,
                               torch.randn(batch, n, dtype=torch.float64), "reference")
-    else:  # N = 0 by hand: bipartite_match itself fails there (see ALL_PROTECTED: protected == N == 0)
+    else:  # N = 0: an empty matching
         args, empty = dict(r=0), torch.zeros(batch, 0, dtype=torch.int64)
         matching = ops.Matching(empty, empty, empty, empty)
     x = data.draw(_matrix(batch * n, 2, special=FINITE_SPECIAL, dtype=torch.float64)).reshape(batch, n, 2)

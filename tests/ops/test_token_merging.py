@@ -5,11 +5,14 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import vidsel.ops as ops
-from tests.helpers import DTYPES, assert_close, compiled_backends, cpu_backends, non_contiguous
+from tests.helpers import (DTYPES, assert_close, compiled_backends, cpu_backends, device_backends,
+                           fused_device_backends, non_contiguous)
 from vidsel.reference import token_merging as reference
 
 BACKENDS = cpu_backends()
 FUSED = compiled_backends()
+ON_DEVICES = device_backends()  # (device, impl): CPU tensors here, CUDA tensors on a GPU machine
+FUSED_ON_DEVICES = fused_device_backends()
 
 # (B, N, C, r, protected, partition): odd N, N=2, r=0, r=max, B=1, protected CLS, C not a multiple of 16.
 MATCH_CASES = [
@@ -220,12 +223,101 @@ def test_bad_inputs(call, error, match):
         call()
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_nan_metric_rejected(impl):
-    metric = torch.randn(1, 8, 3)
-    metric[0, 3, 1] = float("nan")
-    with pytest.raises(ValueError, match="metric contains NaN"):
-        ops.bipartite_match(metric, 2, impl=impl)
+def _same_matching(expected, got):
+    for name, e, g in zip(expected._fields, expected, got):
+        assert torch.equal(e, g), name
+
+
+# Ranking rule: larger similarity first, NaN after every number, ties (and NaNs) by lower position;
+# similarities within rounding of 1 are 1. (B, N, C, distinct rows, r, protected, partition, dtype)
+TIE_CASES = [
+    (2, 40, 1, 40, 10, 0, "alternate", torch.float32),  # C = 1: every similarity is exactly -1 or 1
+    (2, 40, 1, 40, 19, 1, "alternate", torch.float64),
+    (1, 33, 1, 33, 16, 0, "alternate", torch.float16),
+    (2, 40, 7, 5, 12, 0, "alternate", torch.float32),  # duplicated rows
+    (2, 57, 20, 3, 20, 2, "alternate", torch.float32),
+    (2, 41, 9, 4, 15, 1, "alternate_after_protected", torch.float64),
+    (3, 70, 16, 6, 30, 1, "alternate", torch.bfloat16),
+    (2, 30, 5, 4, 12, 1, "importance", torch.float32),
+    (2, 300, 1, 300, 140, 0, "alternate", torch.float32),  # more B rows than one tile
+]
+
+
+def _tie_inputs(case):
+    batch, n, c, distinct, r, protected, partition, dtype = case
+    base = torch.randn(batch, distinct, c)
+    metric = base.gather(1, torch.randint(0, distinct, (batch, n, 1)).expand(-1, -1, c)).to(dtype)
+    # integer importances: many exact ties
+    importance = torch.randint(0, 3, (batch, n)).float() if partition == "importance" else None
+    return metric, dict(r=r, partition=partition, importance=importance, protected=protected)
+
+
+@pytest.mark.parametrize("device, impl", FUSED_ON_DEVICES)
+@pytest.mark.parametrize("case", TIE_CASES, ids=str)
+def test_exact_ties_match_reference(device, impl, case):
+    """Duplicated rows and C = 1 tie exactly, and every backend breaks the ties the same way."""
+    metric, kwargs = _tie_inputs(case)
+    _same_matching(ops.bipartite_match(metric, impl="reference", **kwargs),
+                   ops.bipartite_match(metric, impl=impl, **kwargs))
+
+
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_ties_go_to_the_lower_position(device, impl):
+    """C = 1, all positive: every similarity is 1, so the first A tokens merge into B's first token."""
+    metric = torch.tensor([[[3.0], [0.1], [7.0], [2.0], [5.0], [9.0], [0.3], [4.0]]])
+    m = ops.bipartite_match(metric, 3, impl=impl)
+    assert m.merged_index.tolist() == [[0, 2, 4]] and m.merged_into.tolist() == [[1, 1, 1]]
+    metric[0, 1] = -1.0  # B's first token now points away: partner is the next B token
+    m = ops.bipartite_match(metric, 3, impl=impl)
+    assert m.merged_index.tolist() == [[0, 2, 4]] and m.merged_into.tolist() == [[3, 3, 3]]
+
+
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_scaled_copy_ties_with_a_duplicate(device, impl):
+    """A token's exact duplicate and a scaled copy both have similarity 1 (within rounding): a tie,
+    so the lower positions merge first and the first of the two partners is taken."""
+    torch.manual_seed(3)
+    metric = torch.randn(1, 10, 24)
+    metric[0, 5] = metric[0, 0]  # A 0 -> B 5, exact duplicate
+    metric[0, 3] = metric[0, 4] * 3.7  # A 4 -> B 3, scaled copy
+    metric[0, 7] = metric[0, 4]  # and an exact duplicate later in B
+    m = ops.bipartite_match(metric, 2, impl=impl)
+    assert m.merged_index.tolist() == [[0, 4]] and m.merged_into.tolist() == [[5, 3]]
+
+
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_metric_rows_rank_last(device, impl, bad):
+    """A row holding NaN or +-inf has NaN similarity with every row: no error (no host sync), its A
+    token merges only after every finite pair, into B's first token, and nothing merges into it."""
+    torch.manual_seed(1)
+    metric = torch.randn(2, 12, 5, dtype=torch.float64)
+    metric[0, 2, 1] = bad  # an A token
+    metric[0, 1, 3] = bad  # B's first token
+    metric[1, :, 0] = bad  # every token of the second image
+    few = ops.bipartite_match(metric, 4, impl=impl)
+    assert 2 not in few.merged_index[0].tolist() and 1 not in few.merged_into[0].tolist()
+    assert few.merged_index[1].tolist() == [0, 2, 4, 6] and few.merged_into[1].tolist() == [1, 1, 1, 1]
+    every = ops.bipartite_match(metric, 6, impl=impl)
+    row = every.merged_index[0].tolist().index(2)
+    assert every.merged_into[0, row].item() == 1  # the NaN row's partner: B's first token
+    for r in (4, 6):
+        _same_matching(ops.bipartite_match(metric, r, impl="reference"), ops.bipartite_match(metric, r, impl=impl))
+    _same_matching(ops.bipartite_match(metric.float(), 5, impl="reference"),
+                   ops.bipartite_match(metric.float(), 5, impl=impl))
+
+
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_nan_importance_ranks_last(device, impl):
+    """partition='importance': A = the least important tokens; a NaN importance is picked last."""
+    importance = torch.tensor([[5.0, float("nan"), 1.0, float("-inf"), 2.0, float("inf"), 1.0, 0.0]])
+    metric = torch.randn(1, 8, 4)
+    m = ops.bipartite_match(metric, 4, partition="importance", importance=importance, impl=impl)
+    assert m.merged_index.tolist() == [[2, 3, 6, 7]]  # -inf, 0, 1, 1 (equal ones by position)
+    m = ops.bipartite_match(metric, 7, partition="importance", importance=importance, impl=impl)
+    assert m.kept_index.tolist() == [[1]]  # the NaN token is the last one left in B
+    _same_matching(ops.bipartite_match(metric, 6, partition="importance", importance=importance, impl="reference"),
+                   ops.bipartite_match(metric, 6, partition="importance", importance=importance, impl=impl))
 
 
 @pytest.mark.parametrize("impl", [b for b in FUSED if b == "cpu"])
@@ -235,3 +327,11 @@ def test_cpu_kernels_reject_out_of_range_indices(impl):
         torch.ops.vidsel_C.scatter_rows(x, torch.tensor([[0, 1, 2, 5]]), None, 3)
     with pytest.raises(RuntimeError, match="dst_index"):
         torch.ops.vidsel_C.gather_rows(x, torch.tensor([[0, -1]]), None)
+
+
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+@pytest.mark.parametrize("partition", ["alternate", "alternate_after_protected"])
+def test_every_token_protected_is_the_identity(device, impl, partition):
+    for n in (3, 4):
+        m = ops.bipartite_match(torch.randn(2, n, 2), 0, partition=partition, protected=n, impl=impl)
+        assert m.dst_index.tolist() == [list(range(n))] * 2 and m.merged_index.shape == (2, 0)

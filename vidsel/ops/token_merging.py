@@ -31,7 +31,7 @@ from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
 from vidsel.ops._dispatch import PREFER_TRITON_ON_GPU, OpBackends, resolve, run_backend
-from vidsel.ops._validation import check_choice, check_finite, check_int, check_tensor
+from vidsel.ops._validation import check_choice, check_int, check_tensor
 from vidsel.reference import token_merging as reference
 
 PARTITIONS = {
@@ -95,9 +95,6 @@ GATHER_ROWS = OpBackends("gather_rows", reference=reference.gather_rows, triton=
 def _bipartite_match(
     metric: Tensor, r: int, partition: int, importance: Optional[Tensor], protected: int, impl: str
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    check_finite("metric", metric)
-    if importance is not None:
-        check_finite("importance", importance)
     return tuple(run_backend(BIPARTITE_MATCH, impl, metric, r, partition, importance, protected))
 
 
@@ -144,6 +141,12 @@ def bipartite_match(
 
     Returns:
         Matching of index tensors (see its docstring); feed it to merge / unmerge / merge_source.
+
+    Ranking rule (every backend): an A token's partner is its most similar B token and A tokens merge
+    most similar first; NaN ranks after every number and equal similarities (NaNs too) go to the
+    lower position; similarities within 8 (C + 4) u of 1 count as 1, so duplicated rows tie. A metric
+    row with NaN or +-inf is no error: its similarities are NaN, so it merges last (into B's first
+    token). importance ranks least first, NaN after every number.
     """
     check_tensor("metric", metric, ndim=3, floating=True)
     batch, n, _ = metric.shape

@@ -10,8 +10,15 @@ token of B by cosine similarity of the attention keys, and merge R of the pairs 
   * importance-based: A = the R least important tokens by S_i = sum_{j != i} A_ji (eq. 1); all merge.
 Merging is ToMe's size-weighted average: x' = sum_i s_i x_i / sum_i s_i, s' = sum_i s_i.
 
-Tie rules, shared by every backend: the most similar B token is the first maximum; among equal
-pair scores (and equal importances) the lower position is chosen first.
+Ranking rule, shared by every backend: larger similarity first, NaN after every number, equal
+scores (and NaNs among themselves) by lower position — both for the best B partner of an A token and
+for the order in which A tokens merge. A metric row holding NaN or ±inf has a NaN similarity with
+every row, so it merges last, into B's first token when it merges at all. Importance ranks the
+other way (least important first) with NaN after every number, so a NaN importance joins A last.
+Each similarity is a fixed-order sum over channels of one (A row, B row) pair, never a GEMM whose
+rounding depends on where the pair sits in a tile, so duplicated rows give bit-equal similarities;
+with C = 1 every similarity is exactly -1, 0 or 1; and similarities within rounding of 1 count as 1
+(snap_to_one), so a token and its duplicate tie at 1 on every backend whatever each one rounds.
 """
 
 from __future__ import annotations
@@ -41,23 +48,60 @@ def partition_positions(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Positions of A (B, |A|) and B (B, |B|) tokens, each row ascending."""
     if kind != IMPORTANCE:
-        a0, b0 = alternate_starts(kind, protected)
+        a0, b0 = (min(start, n) for start in alternate_starts(kind, protected))  # protected = N: both empty
         a_pos = torch.arange(a0, n, 2, device=device)
         return a_pos.expand(batch, -1), torch.arange(b0, n, 2, device=device).expand(batch, -1)
     free = torch.arange(protected, n, device=device)
-    order = torch.sort(importance[:, protected:], dim=1, stable=True).indices  # least important first
+    # least important first; torch.sort puts NaN after +inf and keeps equal values in position order
+    order = torch.sort(importance[:, protected:], dim=1, stable=True).indices
     a_pos = torch.sort(free[order[:, :r]], dim=1).values
     b_pos = torch.sort(free[order[:, r:]], dim=1).values
     return a_pos, b_pos
 
 
-def best_partner(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cosine similarity of every A row to every B row, reduced to (best score, first argmax).
+_SIM_CHUNK = 1 << 22  # elements of the (B, rows, Nb, C) product block summed at once
 
-    a (B, Na, C), b (B, Nb, C) -> scores (B, Na), partner index into b (B, Na).
+
+def cosine_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a (B, Na, C), b (B, Nb, C) -> (B, Na, Nb) cosine similarity of every A row with every B row.
+
+    Rows are divided by their norm (F.normalize) and each entry is one reduction over C of the
+    products of a single pair, so its rounding does not depend on the pair's place in the matrix.
     """
-    sim = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).transpose(1, 2)
-    return sim.max(dim=-1)
+    a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    rows = max(1, _SIM_CHUNK // max(1, a.shape[0] * b.shape[1] * b.shape[2]))
+    blocks = [(a[:, i : i + rows, None, :] * b[:, None]).sum(-1) for i in range(0, a.shape[1], rows)]
+    return torch.cat(blocks, dim=1) if blocks else a.new_zeros(a.shape[0], 0, b.shape[1])
+
+
+def best_partner(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine similarity of every A row to every B row, reduced to (best score, best partner).
+
+    a (B, Na, C), b (B, Nb, C) -> scores (B, Na), partner index into b (B, Na). Best = the first
+    maximum over the numbers; a row of NaN similarities only scores NaN with partner 0.
+    """
+    sim = snap_to_one(cosine_similarity(a, b), a.shape[-1])
+    nan = sim.isnan()
+    scores, partner = sim.masked_fill(nan, float("-inf")).max(dim=-1)
+    return scores.masked_fill(nan.all(dim=-1), float("nan")), partner
+
+
+def snap_to_one(sim: torch.Tensor, channels: int) -> torch.Tensor:
+    """Similarities within 8 (C + 4) u of 1 count as exactly 1 (u: unit roundoff of sim's dtype).
+
+    A cosine of C channels rounds by about 2 (C + 2) u on every backend, so a token and a duplicate
+    (or a scaled copy) of it — similarity 1 exactly, 1 +- a few ulps once rounded — tie wherever and
+    however they are computed. NaN stays NaN.
+    """
+    unit = 2.0**-53 if sim.dtype == torch.float64 else 2.0**-24
+    return torch.where(1 - sim <= 8 * (channels + 4) * unit, torch.ones_like(sim), sim)
+
+
+def rank_descending(scores: torch.Tensor) -> torch.Tensor:
+    """Positions of scores (B, M) from first to last by the ranking rule (NaN last, ties by position)."""
+    by_value = torch.sort(scores, dim=1, descending=True, stable=True).indices  # NaN first here
+    nan_flags = scores.isnan().gather(1, by_value).to(torch.uint8)
+    return by_value.gather(1, torch.sort(nan_flags, dim=1, stable=True).indices)
 
 
 def matching_from_partners(
@@ -65,11 +109,12 @@ def matching_from_partners(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Turns best partners into the four index tensors of a Matching.
 
+    scores (B, |A|) best similarity of each A token, partner (B, |A|) its index into B.
     Returns kept_index (B, N-r), merged_index (B, r) ascending, merged_into (B, r), dst_index (B, N).
     """
     batch = a_pos.shape[0]
-    if kind != IMPORTANCE:  # the r most similar pairs, ties to the lower position
-        chosen = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :r]
+    if kind != IMPORTANCE:  # the r most similar pairs by the ranking rule
+        chosen = rank_descending(scores)[:, :r]
     else:  # every A token merges
         chosen = torch.arange(a_pos.shape[1], device=a_pos.device).expand(batch, -1)
     chosen = torch.sort(chosen, dim=1).values
