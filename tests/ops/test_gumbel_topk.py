@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import vidsel.ops as ops
-from tests.helpers import (DTYPES, assert_close, compiled_backends, cpu_backends, fused_device_backends,
-                           non_contiguous)
+from tests.helpers import (DTYPES, assert_close, compiled_backends, cpu_backends, device_backends,
+                           fused_device_backends, non_contiguous)
 from vidsel.ops._dispatch import supported
 from vidsel.ops.gumbel_topk import GUMBEL_TOPK, GUMBEL_TOPK_BACKWARD, _gumbel_topk, _gumbel_topk_backward
 
@@ -18,14 +18,16 @@ SUPPORTED_IMPLS = supported(GUMBEL_TOPK, GUMBEL_TOPK_BACKWARD)
 
 BACKENDS = cpu_backends(SUPPORTED_IMPLS)
 COMPILED = compiled_backends(SUPPORTED_IMPLS)
+ON_DEVICES = device_backends(SUPPORTED_IMPLS)  # (device, impl): CPU tensors here, CUDA on a GPU machine
+COMPILED_ON_DEVICES = fused_device_backends(SUPPORTED_IMPLS)
 # (B, L, k, replacement): L = 1, k = 1, k = L, k > L with replacement, odd L, B = 1
 CASES = [(1, 1, 1, True), (3, 13, 4, True), (2, 7, 7, False), (1, 33, 1, False), (2, 3, 6, True), (2, 9, 5, False)]
 
 
-@pytest.mark.parametrize("impl", COMPILED)
+@pytest.mark.parametrize("device, impl", COMPILED_ON_DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("batch,length,k,replacement", CASES)
-def test_backends_agree_with_reference(impl, dtype, batch, length, k, replacement):
+def test_backends_agree_with_reference(device, impl, dtype, batch, length, k, replacement):
     logits = torch.randn(batch, length).to(dtype)
     grad = torch.randn(batch, k, length).to(dtype)
     for hard in (True, False):
@@ -40,8 +42,8 @@ def test_backends_agree_with_reference(impl, dtype, batch, length, k, replacemen
                  _gumbel_topk_backward(grad, logits, k, 0.7, replacement, 77, "reference"), dtype)
 
 
-@pytest.mark.parametrize("impl", COMPILED)
-def test_non_contiguous_inputs(impl):
+@pytest.mark.parametrize("device, impl", COMPILED_ON_DEVICES)
+def test_non_contiguous_inputs(device, impl):
     logits = non_contiguous(torch.randn(3, 10))
     grad = non_contiguous(torch.randn(3, 4, 10))
     assert not logits.is_contiguous()
@@ -51,8 +53,8 @@ def test_non_contiguous_inputs(impl):
                  _gumbel_topk_backward(grad.contiguous(), logits.contiguous(), 4, 1.0, False, 3, "reference"))
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_hard_draws_are_one_hot_and_soft_rows_are_distributions(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_hard_draws_are_one_hot_and_soft_rows_are_distributions(device, impl):
     logits = torch.randn(2, 8, dtype=torch.float64)
     hard = ops.gumbel_topk(logits, 5, seed=1, impl=impl)
     assert torch.equal(hard.sum(-1), torch.ones(2, 5, dtype=torch.float64))
@@ -62,8 +64,8 @@ def test_hard_draws_are_one_hot_and_soft_rows_are_distributions(impl):
     assert torch.equal(soft.argmax(-1), hard.argmax(-1))  # the pick is the soft row's mode
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_without_replacement_picks_distinct_items(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_without_replacement_picks_distinct_items(device, impl):
     logits = torch.randn(3, 6) * 4
     picks = ops.gumbel_topk(logits, 6, replacement=False, seed=2, impl=impl).argmax(-1)
     assert torch.equal(picks.sort(-1).values, torch.arange(6).expand(3, 6))  # k = L: a permutation
@@ -80,8 +82,8 @@ def test_with_replacement_frequencies_follow_softmax():
     assert (freq - expected).abs().max() < 4 * (0.25 / 20000) ** 0.5
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_gradcheck_soft_draws(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_gradcheck_soft_draws(device, impl):
     logits = torch.randn(2, 5, dtype=torch.float64, requires_grad=True)
     x = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
     for replacement in (True, False):
@@ -91,8 +93,8 @@ def test_gradcheck_soft_draws(impl):
     assert torch.autograd.gradcheck(g, (x, logits), fast_mode=True)
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_straight_through_gradient_equals_soft_gradient(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_straight_through_gradient_equals_soft_gradient(device, impl):
     logits = torch.randn(2, 7, dtype=torch.float64, requires_grad=True)
     grad = torch.randn(2, 4, 7, dtype=torch.float64)
     grads = []
@@ -104,8 +106,8 @@ def test_straight_through_gradient_equals_soft_gradient(impl):
     assert grads[0].abs().sum() > 0
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_hard_select_gathers_rows(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_hard_select_gathers_rows(device, impl):
     x = torch.randn(2, 6, 4, dtype=torch.float64, requires_grad=True)
     logits = torch.randn(2, 6, dtype=torch.float64, requires_grad=True)
     out = ops.gumbel_topk_select(x, logits, 3, seed=8, impl=impl)
@@ -123,15 +125,15 @@ def test_seed_none_follows_torch_manual_seed():
     assert torch.equal(ops.gumbel_topk(logits, 3, hard=False), first)
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_opcheck(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_opcheck(device, impl):
     logits = torch.randn(2, 6, requires_grad=True)
     torch.library.opcheck(_gumbel_topk, (logits, 3, 0.9, False, False, 5, impl))
     torch.library.opcheck(_gumbel_topk_backward, (torch.randn(2, 3, 6), logits.detach(), 3, 0.9, True, 5, impl))
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_compile_matches_eager(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_compile_matches_eager(device, impl):
     torch._dynamo.reset()
     x, logits = torch.randn(2, 6, 3), torch.randn(2, 6)
 
@@ -162,8 +164,8 @@ def test_bad_inputs_name_the_argument(call, error, name):
         call(logits, x)
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_nan_logits_rank_last(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_nan_logits_rank_last(device, impl):
     out = ops.gumbel_topk(torch.tensor([[float("nan"), 0.0]]), 1, seed=0, impl=impl)
     assert torch.equal(out, torch.tensor([[[0.0, 1.0]]]))
 

@@ -35,9 +35,9 @@ def _inputs(case, dtype=torch.float32):
     return metric, dict(r=r, partition=partition, importance=importance, protected=protected)
 
 
-@pytest.mark.parametrize("impl", FUSED)
+@pytest.mark.parametrize("device, impl", FUSED_ON_DEVICES)
 @pytest.mark.parametrize("case", MATCH_CASES, ids=str)
-def test_match_indices_equal_reference(impl, case):
+def test_match_indices_equal_reference(device, impl, case):
     metric, kwargs = _inputs(case)
     expected = ops.bipartite_match(metric, impl="reference", **kwargs)
     got = ops.bipartite_match(metric, impl=impl, **kwargs)
@@ -45,17 +45,17 @@ def test_match_indices_equal_reference(impl, case):
         assert torch.equal(e, g), name
 
 
-@pytest.mark.parametrize("impl", FUSED)
+@pytest.mark.parametrize("device, impl", FUSED_ON_DEVICES)
 @pytest.mark.parametrize("dtype", (torch.float64, torch.float16, torch.bfloat16))
-def test_match_dtypes(impl, dtype):
+def test_match_dtypes(device, impl, dtype):
     metric = torch.randn(2, 41, 24).to(dtype)
     expected = ops.bipartite_match(metric, 13, protected=1, impl="reference")
     got = ops.bipartite_match(non_contiguous(metric), 13, protected=1, impl=impl)
     assert all(torch.equal(e, g) for e, g in zip(expected, got))
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_match_semantics(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_match_semantics(device, impl):
     """Hand-checkable case: token 2 duplicates token 3, token 0 duplicates token 1."""
     metric = torch.tensor([[[1.0, 0], [1.0, 0.01], [0, 1.0], [0, 1.0], [1.0, 1.0], [-1.0, 0.5]]])
     m = ops.bipartite_match(metric, 2, impl=impl)
@@ -65,8 +65,8 @@ def test_match_semantics(impl):
     assert m.dst_index.tolist() == [[0, 0, 1, 1, 2, 3]]
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_protected_tokens_never_merge(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_protected_tokens_never_merge(device, impl):
     metric = torch.randn(2, 21, 6)
     metric[:, 0] = metric[:, 2]  # CLS identical to an A token: still must survive untouched
     m = ops.bipartite_match(metric, 10, protected=1, impl=impl)
@@ -74,10 +74,10 @@ def test_protected_tokens_never_merge(impl):
     assert not (m.merged_into == 0).any()
 
 
-@pytest.mark.parametrize("impl", FUSED)
+@pytest.mark.parametrize("device, impl", FUSED_ON_DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("with_size", [False, True])
-def test_merge_unmerge_equal_reference(impl, dtype, with_size):
+def test_merge_unmerge_equal_reference(device, impl, dtype, with_size):
     metric = torch.randn(3, 29, 12)
     m = ops.bipartite_match(metric, 11, protected=1, impl="reference")
     x = non_contiguous(torch.randn(3, 29, 45).to(dtype))
@@ -89,8 +89,8 @@ def test_merge_unmerge_equal_reference(impl, dtype, with_size):
     assert_close(ops.unmerge(got, m, impl=impl), ops.unmerge(expected, m, impl="reference"), dtype)
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_merge_invariants(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_merge_invariants(device, impl):
     x = torch.randn(2, 40, 16, dtype=torch.float64)
     size = torch.randint(1, 5, (2, 40)).double()
     m = ops.bipartite_match(torch.randn(2, 40, 8), 15, impl=impl)
@@ -103,8 +103,8 @@ def test_merge_invariants(impl):
     torch.testing.assert_close(merged[alone], x.gather(1, m.kept_index[..., None].expand(-1, -1, 16))[alone])
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_temporal_and_spatial_aggregation(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_temporal_and_spatial_aggregation(device, impl):
     """TESTA TAM: whole frames merge along T; SAM: patches merge within every frame."""
     batch, frames, patches, dim = 2, 7, 10, 6
     x = torch.randn(batch, frames, patches, dim)
@@ -121,8 +121,8 @@ def test_temporal_and_spatial_aggregation(impl):
     assert patches_merged.shape == (batch * 4, 6, dim) and (size.sum(1) == patches).all()
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_merge_source_composes(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_merge_source_composes(device, impl):
     m1 = ops.bipartite_match(torch.randn(2, 30, 4), 10, impl=impl)
     m2 = ops.bipartite_match(torch.randn(2, 20, 4), 7, impl=impl)
     source = ops.merge_source(m2, ops.merge_source(m1, impl=impl), impl=impl)
@@ -132,8 +132,8 @@ def test_merge_source_composes(impl):
     torch.testing.assert_close(source.sum(-1).to(size.dtype), size)
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_gradcheck_merge_and_unmerge(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_gradcheck_merge_and_unmerge(device, impl):
     m = ops.bipartite_match(torch.randn(2, 11, 4), 4, protected=1, impl="reference")
     x = torch.randn(2, 11, 5, dtype=torch.float64, requires_grad=True)
     size = (torch.rand(2, 11, dtype=torch.float64) + 0.5).requires_grad_()
@@ -142,8 +142,8 @@ def test_gradcheck_merge_and_unmerge(impl):
     assert torch.autograd.gradcheck(lambda a: ops.unmerge(a, m, impl=impl), (y,))
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_opcheck(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_opcheck(device, impl):
     metric = torch.randn(2, 13, 6)
     importance = torch.rand(2, 13)
     torch.library.opcheck(torch.ops.vidsel.bipartite_match.default, (metric, 4, 0, None, 1, impl))
@@ -157,8 +157,8 @@ def test_opcheck(impl):
     torch.library.opcheck(torch.ops.vidsel.gather_rows.default, (y, m.dst_index, w, impl))
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_compile_fullgraph_matches_eager(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_compile_fullgraph_matches_eager(device, impl):
     def layer(x, keys, size):
         m = ops.bipartite_match(keys, 6, protected=1, impl=impl)
         merged, size = ops.merge(x, m, size, impl=impl)

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 import vidsel.ops as ops
-from tests.helpers import assert_close, cpu_backends
+from tests.helpers import assert_close, cpu_backends, device_backends
 
 BACKENDS = cpu_backends()
+ON_DEVICES = device_backends()  # (device, impl): CPU tensors here, CUDA tensors on a GPU machine
 
 
 def _tome_match(metric: torch.Tensor, r: int, class_token: bool, distill_token: bool):
@@ -46,12 +47,12 @@ def _tome_merge(x: torch.Tensor, size: torch.Tensor, src, dst, unmerged):
     return out
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
 @pytest.mark.parametrize("protected", [0, 1, 2])
 @pytest.mark.parametrize("n", [10, 11, 197])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_alternate_merges_the_pairs_tome_merges(impl, protected, n, dtype):
-    gen = torch.Generator().manual_seed(n * 3 + protected)
+def test_alternate_merges_the_pairs_tome_merges(device, impl, protected, n, dtype):
+    gen = torch.Generator(device).manual_seed(n * 3 + protected)
     metric = torch.randn(2, n, 16, generator=gen, dtype=dtype)
     r = (n - protected) // 2 - (1 if n > 11 else 0)
     src, dst, _ = _tome_match(metric.double(), r, protected >= 1, protected == 2)
@@ -62,10 +63,10 @@ def test_alternate_merges_the_pairs_tome_merges(impl, protected, n, dtype):
     assert (m.merged_index >= protected).all() and (m.merged_into >= protected).all()
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
 @pytest.mark.parametrize("protected", [0, 1, 2])
-def test_merge_equals_tome_merge_wavg(impl, protected):
-    gen = torch.Generator().manual_seed(7 + protected)
+def test_merge_equals_tome_merge_wavg(device, impl, protected):
+    gen = torch.Generator(device).manual_seed(7 + protected)
     n, r = 25, 8
     metric = torch.randn(3, n, 12, generator=gen, dtype=torch.float64)
     x = torch.randn(3, n, 5, generator=gen, dtype=torch.float64)
@@ -80,11 +81,11 @@ def test_merge_equals_tome_merge_wavg(impl, protected):
         assert_close(merged_size[row], torch.stack([tome[row][p][1] for p in positions]), torch.float64)
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
 @pytest.mark.parametrize("protected", [1, 2, 3])
-def test_alternate_after_protected_is_tome_on_the_free_tokens(impl, protected):
+def test_alternate_after_protected_is_tome_on_the_free_tokens(device, impl, protected):
     """The parity restarted after the protected tokens: ToMe without class token on tokens[protected:]."""
-    gen = torch.Generator().manual_seed(protected)
+    gen = torch.Generator(device).manual_seed(protected)
     n, r = 30, 9
     metric = torch.randn(2, n, 8, generator=gen, dtype=torch.float64)
     src, dst, _ = _tome_match(metric[:, protected:], r, False, False)
