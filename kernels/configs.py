@@ -142,7 +142,7 @@ GPU_IEEE = {
         32: _launch(8, 2, BLOCK_M=64, BLOCK_N=64),
         64: _launch(8, 2, BLOCK_M=64, BLOCK_N=32),
         128: _launch(4, 1, BLOCK_M=32, BLOCK_N=16),
-        256: _launch(2, 1, BLOCK_M=16, BLOCK_N=16),  # head dim 192 spills 40 bytes here (FMA dot rows)
+        256: _launch(8, 1, BLOCK_M=32, BLOCK_N=16),  # 2 warps at 16x16 spill at head dim 192
     },
     "best_partner": {1: _launch(8, 2, BLOCK_A=64, BLOCK_B=64, BLOCK_C=32)},
 }
