@@ -6,12 +6,22 @@ block, so tiles above the chunk diagonal are never loaded; online softmax; the l
 Backward: recomputes the probabilities from the logsumexp. One kernel per key block accumulates dK, dV
 and the per-head key-bias gradient, starting at the first query block that can see the key block; one
 kernel per query block accumulates dQ over its visible keys.
+Masked keys never reach a query, not even a NaN or inf (0 * NaN inside tl.dot would carry it): every
+kernel runs twice. The fast pass (EXACT=False) is plain flash attention; such a leak can only make an
+output row NaN. The exact pass (EXACT=True, same tiles) returns at once unless its block of outputs
+holds a NaN; then it recomputes the block with the non-finite entries of the second dot operand (V;
+K for dQ; Q and dO for dK/dV) zeroed in the rows / columns that straddle a chunk end, masked dS
+zeroed, and adds back the non-finite terms of the visible pairs among them one key (query) at a time,
+so visible non-finite inputs propagate as in the reference. It rewrites only the rows that held a NaN.
+Clean rows therefore keep the fast pass's bits whatever the hidden inputs hold.
 Operands enter tl.dot in the input dtype (float16 / bfloat16 on tensor cores; P and dS are rounded
 to it, as in FlashAttention) with float32 accumulation; float32 uses tf32 or ieee per
 kernels/configs.py, float64 ieee. The scale enters as a tensor of the accumulator dtype (a Python
 float would be float32 in a compiled kernel); offsets are int64. The head dim is a compile-time
 constant (row strides known, so tile loads vectorise for any head dim).
 """
+
+import itertools
 
 import torch
 import triton
@@ -38,11 +48,49 @@ def _load_key_bias(bias_ptr, bh, HEADS, LK, cols, col_ok, HAS_BIAS: tl.constexpr
 
 
 @triton.jit
+def _non_finite(x):
+    return (x != x) | (tl.abs(x) == float("inf"))
+
+
+@triton.jit
+def _nan_rows(ptr, first_row, rows, row_ok, dims, dim_ok, DIM: tl.constexpr):
+    """(rows,) bool: which rows of a row-major (.., DIM) matrix hold a NaN (False outside row_ok)."""
+    offsets = (first_row + rows)[:, None] * DIM + dims[None, :]
+    x = tl.load(ptr + offsets, mask=row_ok[:, None] & dim_ok[None, :], other=0.0).to(tl.float32)
+    return tl.max((x != x).to(tl.int32), axis=1) > 0  # (float32: the interpreter compares bfloat16 as bits)
+
+
+@triton.jit
+def _any(flags):
+    return tl.max(flags.to(tl.int32), axis=0) > 0
+
+
+@triton.jit
+def _hide_non_finite(x, straddling):
+    """x (R, D) with its non-finite entries zeroed in the rows flagged `straddling` (R,)."""
+    return tl.where(straddling[:, None] & _non_finite(x), 0.0, x)
+
+
+@triton.jit
+def _load_row(ptr, row, dims, dim_ok, DIM: tl.constexpr, ACC: tl.constexpr):
+    return tl.load(ptr + row * DIM + dims, mask=dim_ok, other=0.0).to(ACC)
+
+
+@triton.jit
+def _key_scores(q, kj, bias_ptr, bh, HEADS, LK, j, scale, HAS_BIAS: tl.constexpr, ACC: tl.constexpr):
+    """Scores (M,) of the rows q (M, D) against key row kj (D,), elementwise (no tl.dot)."""
+    s = tl.sum(q * kj[None, :], axis=1) * scale
+    if HAS_BIAS:
+        s += tl.load(bias_ptr + (bh // HEADS) * LK + j).to(ACC)
+    return s
+
+
+@triton.jit
 def _chunk_attention_kernel(
     q_ptr, k_ptr, v_ptr, bias_ptr, key_end_ptr, out_ptr, lse_ptr,
     HEADS, LQ, LK, DIM: tl.constexpr, scale_ptr,
     HAS_BIAS: tl.constexpr, ACC: tl.constexpr, OPERAND: tl.constexpr, DOT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EXACT: tl.constexpr,
 ):
     bh = tl.program_id(0).to(tl.int64)
     scale = tl.load(scale_ptr)
@@ -53,6 +101,10 @@ def _chunk_attention_kernel(
     q = _load_tile(q_ptr, bh * LQ, rows, row_ok, dims, dim_ok, DIM, OPERAND)
     ends = tl.load(key_end_ptr + rows, mask=row_ok, other=0)
     key_stop = tl.max(ends, axis=0)
+    first_end = tl.min(tl.where(row_ok, ends, LK), axis=0)  # keys from here on are hidden from some rows
+    if EXACT:
+        row_ok = _nan_rows(out_ptr, bh * LQ, rows, row_ok, dims, dim_ok, DIM)
+        key_stop = tl.where(_any(row_ok), key_stop, 0)
     row_max = tl.full([BLOCK_M], float("-inf"), ACC)
     row_sum = tl.zeros([BLOCK_M], ACC)
     acc = tl.zeros([BLOCK_M, BLOCK_D], ACC)
@@ -70,23 +122,40 @@ def _chunk_attention_kernel(
         rescale = tl.exp(row_max - shift)
         row_sum = row_sum * rescale + tl.sum(p, axis=1)
         v = _load_tile(v_ptr, bh * LK, cols, col_ok, dims, dim_ok, DIM, OPERAND)
+        if EXACT:
+            v = _hide_non_finite(v, cols >= first_end)
         acc = acc * rescale[:, None] + tl.dot(p.to(OPERAND), v, input_precision=DOT, out_dtype=ACC)
         row_max = new_max
     safe_sum = tl.where(row_ok, row_sum, 1.0)
     out = acc / safe_sum[:, None]
+    lse = row_max + tl.log(safe_sum)
+    if EXACT:
+        qa = q.to(ACC)
+        for j in range(first_end, key_stop):  # the hidden terms p_ij v_jd of visible pairs, added back
+            sj = _key_scores(qa, _load_row(k_ptr, bh * LK + j, dims, dim_ok, DIM, ACC), bias_ptr, bh, HEADS, LK, j,
+                             scale, HAS_BIAS, ACC)
+            vj = _load_row(v_ptr, bh * LK + j, dims, dim_ok, DIM, ACC)
+            seen = j < ends
+            pj = tl.where(seen, tl.exp(sj - lse), 0.0)
+            out += tl.where(seen[:, None] & _non_finite(vj)[None, :], pj[:, None] * vj[None, :], 0.0)
     tl.store(out_ptr + (bh * LQ + rows)[:, None] * DIM + dims[None, :], out.to(out_ptr.dtype.element_ty),
              mask=row_ok[:, None] & dim_ok[None, :])
-    tl.store(lse_ptr + bh * LQ + rows, row_max + tl.log(safe_sum), mask=row_ok)
+    tl.store(lse_ptr + bh * LQ + rows, lse, mask=row_ok)
 
 
 @triton.jit
-def _probs_and_dscores(q, k, v, do, lse, delta, bias, cols, ends, scale, ACC: tl.constexpr, DOT: tl.constexpr):
-    """P (BLOCK_M, BLOCK_N) from the saved logsumexp and dS = P * (dO v^T - delta), both in ACC."""
+def _probs_and_dscores(q, k, v, do, lse, delta, bias, cols, ends, scale, ACC: tl.constexpr, DOT: tl.constexpr,
+                       EXACT: tl.constexpr):
+    """P (BLOCK_M, BLOCK_N) from the saved logsumexp and dS = P * (dO v^T - delta), both in ACC
+    (EXACT: dS exactly 0 at hidden pairs, whatever dO v^T holds there)."""
     s = tl.dot(q, tl.trans(k), input_precision=DOT, out_dtype=ACC) * scale + bias[None, :]
     visible = cols[None, :] < ends[:, None]
     p = tl.where(visible, tl.exp(s - lse[:, None]), 0.0)
     dp = tl.dot(do, tl.trans(v), input_precision=DOT, out_dtype=ACC)
-    return p, p * (dp - delta[:, None])
+    ds = p * (dp - delta[:, None])
+    if EXACT:
+        ds = tl.where(visible, ds, 0.0)
+    return p, ds
 
 
 @triton.jit
@@ -95,7 +164,7 @@ def _chunk_attention_dkdv_kernel(
     dk_ptr, dv_ptr, dbias_ptr,
     HEADS, LQ, LK, DIM: tl.constexpr, scale_ptr,
     HAS_BIAS: tl.constexpr, ACC: tl.constexpr, OPERAND: tl.constexpr, DOT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EXACT: tl.constexpr,
 ):
     bh = tl.program_id(0).to(tl.int64)
     scale = tl.load(scale_ptr)
@@ -104,7 +173,6 @@ def _chunk_attention_dkdv_kernel(
     dims = tl.arange(0, BLOCK_D)
     col_ok = cols < LK
     dim_ok = dims < DIM
-    kv_mask = col_ok[:, None] & dim_ok[None, :]
     k = _load_tile(k_ptr, bh * LK, cols, col_ok, dims, dim_ok, DIM, OPERAND)
     v = _load_tile(v_ptr, bh * LK, cols, col_ok, dims, dim_ok, DIM, OPERAND)
     bias = _load_key_bias(bias_ptr, bh, HEADS, LK, cols, col_ok, HAS_BIAS, ACC, BLOCK_N)
@@ -113,7 +181,18 @@ def _chunk_attention_dkdv_kernel(
     dbias = tl.zeros([BLOCK_N], ACC)
     # The first query row that sees key j0: rows before it only see earlier chunks (skipped tiles).
     first_row = tl.load(first_row_ptr + j0)
-    for i0 in range((first_row // BLOCK_M) * BLOCK_M, LQ, BLOCK_M):
+    row_stop = LQ
+    if EXACT:
+        redo = _nan_rows(dk_ptr, bh * LK, cols, col_ok, dims, dim_ok, DIM)
+        redo |= _nan_rows(dv_ptr, bh * LK, cols, col_ok, dims, dim_ok, DIM)
+        if HAS_BIAS:
+            grad_bias = tl.load(dbias_ptr + bh * LK + cols, mask=col_ok, other=0.0)
+            redo |= grad_bias != grad_bias
+        col_ok = redo
+        row_stop = tl.where(_any(redo), LQ, 0)
+    # Rows before all_see see only some keys of the block: their non-finite q / dO are hidden from the rest.
+    all_see = tl.load(first_row_ptr + tl.minimum(j0 + BLOCK_N, LK) - 1)
+    for i0 in range((first_row // BLOCK_M) * BLOCK_M, row_stop, BLOCK_M):
         rows = i0 + tl.arange(0, BLOCK_M)
         row_ok = rows < LQ
         q = _load_tile(q_ptr, bh * LQ, rows, row_ok, dims, dim_ok, DIM, OPERAND)
@@ -121,10 +200,25 @@ def _chunk_attention_dkdv_kernel(
         lse = tl.load(lse_ptr + bh * LQ + rows, mask=row_ok, other=0.0)
         delta = tl.load(delta_ptr + bh * LQ + rows, mask=row_ok, other=0.0)
         ends = tl.load(key_end_ptr + rows, mask=row_ok, other=0)
-        p, ds = _probs_and_dscores(q, k, v, do, lse, delta, bias, cols, ends, scale, ACC, DOT)
+        p, ds = _probs_and_dscores(q, k, v, do, lse, delta, bias, cols, ends, scale, ACC, DOT, EXACT)
+        if EXACT:
+            q = _hide_non_finite(q, rows < all_see)
+            do = _hide_non_finite(do, rows < all_see)
         dv += tl.dot(tl.trans(p.to(OPERAND)), do, input_precision=DOT, out_dtype=ACC)
         dk += tl.dot(tl.trans(ds.to(OPERAND)), q, input_precision=DOT, out_dtype=ACC) * scale
         dbias += tl.sum(ds, axis=0)
+    if EXACT:
+        ka, va = k.to(ACC), v.to(ACC)
+        for i in range(first_row, tl.minimum(all_see, row_stop)):  # hidden q_i / dO_i terms of visible pairs
+            qi = _load_row(q_ptr, bh * LQ + i, dims, dim_ok, DIM, ACC)
+            doi = _load_row(do_ptr, bh * LQ + i, dims, dim_ok, DIM, ACC)
+            seen = cols < tl.load(key_end_ptr + i)
+            pi = tl.where(seen, tl.exp(tl.sum(ka * qi[None, :], axis=1) * scale + bias - tl.load(lse_ptr + bh * LQ + i)),
+                          0.0)
+            dsi = pi * (tl.sum(va * doi[None, :], axis=1) - tl.load(delta_ptr + bh * LQ + i))
+            dv += tl.where(seen[:, None] & _non_finite(doi)[None, :], pi[:, None] * doi[None, :], 0.0)
+            dk += tl.where(seen[:, None] & _non_finite(qi)[None, :], dsi[:, None] * qi[None, :], 0.0) * scale
+    kv_mask = col_ok[:, None] & dim_ok[None, :]
     tl.store(dk_ptr + (bh * LK + cols)[:, None] * DIM + dims[None, :], dk, mask=kv_mask)
     tl.store(dv_ptr + (bh * LK + cols)[:, None] * DIM + dims[None, :], dv, mask=kv_mask)
     if HAS_BIAS:
@@ -136,7 +230,7 @@ def _chunk_attention_dq_kernel(
     q_ptr, k_ptr, v_ptr, bias_ptr, key_end_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
     HEADS, LQ, LK, DIM: tl.constexpr, scale_ptr,
     HAS_BIAS: tl.constexpr, ACC: tl.constexpr, OPERAND: tl.constexpr, DOT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EXACT: tl.constexpr,
 ):
     bh = tl.program_id(0).to(tl.int64)
     scale = tl.load(scale_ptr)
@@ -144,13 +238,16 @@ def _chunk_attention_dq_kernel(
     dims = tl.arange(0, BLOCK_D)
     row_ok = rows < LQ
     dim_ok = dims < DIM
-    q_mask = row_ok[:, None] & dim_ok[None, :]
     q = _load_tile(q_ptr, bh * LQ, rows, row_ok, dims, dim_ok, DIM, OPERAND)
     do = _load_tile(do_ptr, bh * LQ, rows, row_ok, dims, dim_ok, DIM, OPERAND)
     lse = tl.load(lse_ptr + bh * LQ + rows, mask=row_ok, other=0.0)
     delta = tl.load(delta_ptr + bh * LQ + rows, mask=row_ok, other=0.0)
     ends = tl.load(key_end_ptr + rows, mask=row_ok, other=0)
     key_stop = tl.max(ends, axis=0)
+    first_end = tl.min(tl.where(row_ok, ends, LK), axis=0)  # keys from here on are hidden from some rows
+    if EXACT:
+        row_ok = _nan_rows(dq_ptr, bh * LQ, rows, row_ok, dims, dim_ok, DIM)
+        key_stop = tl.where(_any(row_ok), key_stop, 0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], ACC)
     for j0 in range(0, key_stop, BLOCK_N):
         cols = j0 + tl.arange(0, BLOCK_N)
@@ -158,9 +255,20 @@ def _chunk_attention_dq_kernel(
         k = _load_tile(k_ptr, bh * LK, cols, col_ok, dims, dim_ok, DIM, OPERAND)
         v = _load_tile(v_ptr, bh * LK, cols, col_ok, dims, dim_ok, DIM, OPERAND)
         bias = _load_key_bias(bias_ptr, bh, HEADS, LK, cols, col_ok, HAS_BIAS, ACC, BLOCK_N)
-        _, ds = _probs_and_dscores(q, k, v, do, lse, delta, bias, cols, ends, scale, ACC, DOT)
+        _, ds = _probs_and_dscores(q, k, v, do, lse, delta, bias, cols, ends, scale, ACC, DOT, EXACT)
+        if EXACT:
+            k = _hide_non_finite(k, cols >= first_end)
         dq += tl.dot(ds.to(OPERAND), k, input_precision=DOT, out_dtype=ACC) * scale
-    tl.store(dq_ptr + (bh * LQ + rows)[:, None] * DIM + dims[None, :], dq, mask=q_mask)
+    if EXACT:
+        qa, doa = q.to(ACC), do.to(ACC)
+        for j in range(first_end, key_stop):  # the hidden terms dS_ij k_jd of visible pairs, added back
+            kj = _load_row(k_ptr, bh * LK + j, dims, dim_ok, DIM, ACC)
+            sj = _key_scores(qa, kj, bias_ptr, bh, HEADS, LK, j, scale, HAS_BIAS, ACC)
+            seen = j < ends
+            pj = tl.where(seen, tl.exp(sj - lse), 0.0)
+            dsj = pj * (tl.sum(doa * _load_row(v_ptr, bh * LK + j, dims, dim_ok, DIM, ACC)[None, :], axis=1) - delta)
+            dq += tl.where(seen[:, None] & _non_finite(kj)[None, :], dsj[:, None] * kj[None, :], 0.0) * scale
+    tl.store(dq_ptr + (bh * LQ + rows)[:, None] * DIM + dims[None, :], dq, mask=row_ok[:, None] & dim_ok[None, :])
 
 
 _acc_types = configs.accumulator
@@ -192,9 +300,9 @@ def chunk_attention(q, k, v, key_end, key_bias, scale: float):
     if out.numel():
         meta = _meta(q, "chunk_attention_fwd", key_bias is not None)
         grid = (batch * heads, triton.cdiv(lq, meta["BLOCK_M"]))
-        _chunk_attention_kernel[grid](
-            q, k, v, bias, key_end, out, lse, heads, lq, lk, dim, configs.scalar(scale, acc_torch, q.device), **meta,
-        )
+        args = (q, k, v, bias, key_end, out, lse, heads, lq, lk, dim, configs.scalar(scale, acc_torch, q.device))
+        for exact in (False, True):
+            _chunk_attention_kernel[grid](*args, EXACT=exact, **meta)
     return out, lse
 
 
@@ -219,20 +327,21 @@ def chunk_attention_backward(grad_out, q, k, v, out, lse, key_end, first_row, ke
     if q.numel():
         scale_t = configs.scalar(scale, acc_torch, q.device)
         meta = _meta(q, "chunk_attention_dkdv", key_bias is not None)
-        _chunk_attention_dkdv_kernel[(batch * heads, triton.cdiv(lk, meta["BLOCK_N"]))](
-            q, k, v, bias, key_end, first_row, grad_out, lse, delta, grad_k, grad_v, grad_bias_heads,
-            heads, lq, lk, dim, scale_t, **meta,
-        )
+        args = (q, k, v, bias, key_end, first_row, grad_out, lse, delta, grad_k, grad_v, grad_bias_heads,
+                heads, lq, lk, dim, scale_t)
+        for exact in (False, True):
+            _chunk_attention_dkdv_kernel[(batch * heads, triton.cdiv(lk, meta["BLOCK_N"]))](*args, EXACT=exact, **meta)
         meta = _meta(q, "chunk_attention_dq", key_bias is not None)
-        _chunk_attention_dq_kernel[(batch * heads, triton.cdiv(lq, meta["BLOCK_M"]))](
-            q, k, v, bias, key_end, grad_out, lse, delta, grad_q, heads, lq, lk, dim, scale_t, **meta,
-        )
+        args = (q, k, v, bias, key_end, grad_out, lse, delta, grad_q, heads, lq, lk, dim, scale_t)
+        for exact in (False, True):
+            _chunk_attention_dq_kernel[(batch * heads, triton.cdiv(lq, meta["BLOCK_M"]))](*args, EXACT=exact, **meta)
     grad_bias = grad_bias_heads.sum(1).to(key_bias.dtype) if bias_grad else q.new_empty(0)
     return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype), grad_bias
 
 
 def aot_specs():
-    """GPU launches of the three kernels: every dtype, dot precision and head-dim entry, with a key bias."""
+    """GPU launches of the three kernels (fast and exact pass): every dtype, dot precision and head-dim entry,
+    with a key bias."""
     kernels = (("chunk_attention_fwd", _chunk_attention_kernel), ("chunk_attention_dkdv", _chunk_attention_dkdv_kernel),
                ("chunk_attention_dq", _chunk_attention_dq_kernel))
     specs = []
@@ -245,11 +354,12 @@ def aot_specs():
             types = {arg: t for arg, t in types.items() if arg in kernel.arg_names}
             for precision, suffix in configs.gemm_variants(dtype):
                 for block_d, config in configs.gpu_table(table, dtype, precision).items():
-                    for dim in (block_d, block_d * 3 // 4):  # a power of two, and a head dim padded to one
+                    for dim, exact in itertools.product((block_d, block_d * 3 // 4), (False, True)):
+                        # a power-of-two head dim and one padded to it; the fast and the exact pass
                         constexprs = dict(config.blocks, HAS_BIAS=True, ACC=acc_tl, DOT=precision, DIM=dim,
-                                          OPERAND=configs.dot_operand(dtype, "cuda"), BLOCK_D=block_d)
+                                          OPERAND=configs.dot_operand(dtype, "cuda"), BLOCK_D=block_d, EXACT=exact)
                         specs.append(configs.AotSpec(
                             kernel, "chunk_attention", name, config, constexprs, types=types, data=name,
-                            variant=f"Dh={dim} {suffix}".strip(),
+                            variant=" ".join(filter(None, (f"Dh={dim}", suffix, "exact" if exact else ""))),
                             tensor_cores=configs.requires_tensor_cores(dtype, precision)))
     return specs
