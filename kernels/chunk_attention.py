@@ -77,12 +77,26 @@ def _load_row(ptr, row, dims, dim_ok, DIM: tl.constexpr, ACC: tl.constexpr):
 
 
 @triton.jit
-def _key_scores(q, kj, bias_ptr, bh, HEADS, LK, j, scale, HAS_BIAS: tl.constexpr, ACC: tl.constexpr):
-    """Scores (M,) of the rows q (M, D) against key row kj (D,), elementwise (no tl.dot)."""
-    s = tl.sum(q * kj[None, :], axis=1) * scale
+def _flag(flags, r, SIZE: tl.constexpr):
+    """flags[r] of a (SIZE,) bool vector, as a scalar."""
+    return tl.sum(tl.where(tl.arange(0, SIZE) == r, flags.to(tl.int32), 0), axis=0) > 0
+
+
+@triton.jit
+def _pair(q_ptr, k_ptr, v_ptr, do_ptr, bias_ptr, lse_ptr, delta_ptr, bh, HEADS, LQ, LK, i, j, scale, dims, dim_ok,
+          DIM: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr, GRAD: tl.constexpr):
+    """P_ij = exp(q_i . k_j * scale + bias_j - lse_i) of one visible pair, elementwise (no tl.dot), and
+    with GRAD dS_ij = P_ij * (dO_i . v_j - delta_i) (else 0)."""
+    row, key = bh * LQ + i, bh * LK + j
+    s = tl.sum(_load_row(q_ptr, row, dims, dim_ok, DIM, ACC) * _load_row(k_ptr, key, dims, dim_ok, DIM, ACC)) * scale
     if HAS_BIAS:
         s += tl.load(bias_ptr + (bh // HEADS) * LK + j).to(ACC)
-    return s
+    p = tl.exp(s - tl.load(lse_ptr + row))
+    ds = p * 0.0
+    if GRAD:
+        dp = tl.sum(_load_row(do_ptr, row, dims, dim_ok, DIM, ACC) * _load_row(v_ptr, key, dims, dim_ok, DIM, ACC))
+        ds = p * (dp - tl.load(delta_ptr + row))
+    return p, ds
 
 
 @triton.jit
@@ -129,18 +143,24 @@ def _chunk_attention_kernel(
     safe_sum = tl.where(row_ok, row_sum, 1.0)
     out = acc / safe_sum[:, None]
     lse = row_max + tl.log(safe_sum)
-    if EXACT:
-        qa = q.to(ACC)
-        for j in range(first_end, key_stop):  # the hidden terms p_ij v_jd of visible pairs, added back
-            sj = _key_scores(qa, _load_row(k_ptr, bh * LK + j, dims, dim_ok, DIM, ACC), bias_ptr, bh, HEADS, LK, j,
-                             scale, HAS_BIAS, ACC)
-            vj = _load_row(v_ptr, bh * LK + j, dims, dim_ok, DIM, ACC)
-            seen = j < ends
-            pj = tl.where(seen, tl.exp(sj - lse), 0.0)
-            out += tl.where(seen[:, None] & _non_finite(vj)[None, :], pj[:, None] * vj[None, :], 0.0)
     tl.store(out_ptr + (bh * LQ + rows)[:, None] * DIM + dims[None, :], out.to(out_ptr.dtype.element_ty),
              mask=row_ok[:, None] & dim_ok[None, :])
     tl.store(lse_ptr + bh * LQ + rows, lse, mask=row_ok)
+    if EXACT:
+        # Row by row, from memory (no tile stays live): the terms p_ij v_jd of visible keys j >= first_end
+        # whose v_jd is not finite, zeroed in the products above, added back.
+        tl.debug_barrier()
+        for r in range(0, BLOCK_M):
+            i = tl.program_id(1) * BLOCK_M + r
+            redo_i = _flag(row_ok, r, BLOCK_M)
+            out_i = _load_row(out_ptr, bh * LQ + i, dims, dim_ok & redo_i, DIM, ACC)
+            for j in range(first_end, tl.where(redo_i, tl.load(key_end_ptr + i, mask=redo_i, other=0), 0)):
+                vj = _load_row(v_ptr, bh * LK + j, dims, dim_ok, DIM, ACC)
+                if _any(_non_finite(vj)):
+                    p_ij, _ = _pair(q_ptr, k_ptr, v_ptr, v_ptr, bias_ptr, lse_ptr, lse_ptr, bh, HEADS, LQ, LK, i, j,
+                                    scale, dims, dim_ok, DIM, HAS_BIAS, ACC, False)
+                    out_i += tl.where(_non_finite(vj), p_ij * vj, 0.0)
+            tl.store(out_ptr + (bh * LQ + i) * DIM + dims, out_i.to(out_ptr.dtype.element_ty), mask=dim_ok & redo_i)
 
 
 @triton.jit
@@ -188,7 +208,7 @@ def _chunk_attention_dkdv_kernel(
         if HAS_BIAS:
             grad_bias = tl.load(dbias_ptr + bh * LK + cols, mask=col_ok, other=0.0)
             redo |= grad_bias != grad_bias
-        col_ok = redo
+        col_ok = redo  # from here on: the keys this pass rewrites
         row_stop = tl.where(_any(redo), LQ, 0)
     # Rows before all_see see only some keys of the block: their non-finite q / dO are hidden from the rest.
     all_see = tl.load(first_row_ptr + tl.minimum(j0 + BLOCK_N, LK) - 1)
@@ -207,22 +227,31 @@ def _chunk_attention_dkdv_kernel(
         dv += tl.dot(tl.trans(p.to(OPERAND)), do, input_precision=DOT, out_dtype=ACC)
         dk += tl.dot(tl.trans(ds.to(OPERAND)), q, input_precision=DOT, out_dtype=ACC) * scale
         dbias += tl.sum(ds, axis=0)
-    if EXACT:
-        ka, va = k.to(ACC), v.to(ACC)
-        for i in range(first_row, tl.minimum(all_see, row_stop)):  # hidden q_i / dO_i terms of visible pairs
-            qi = _load_row(q_ptr, bh * LQ + i, dims, dim_ok, DIM, ACC)
-            doi = _load_row(do_ptr, bh * LQ + i, dims, dim_ok, DIM, ACC)
-            seen = cols < tl.load(key_end_ptr + i)
-            pi = tl.where(seen, tl.exp(tl.sum(ka * qi[None, :], axis=1) * scale + bias - tl.load(lse_ptr + bh * LQ + i)),
-                          0.0)
-            dsi = pi * (tl.sum(va * doi[None, :], axis=1) - tl.load(delta_ptr + bh * LQ + i))
-            dv += tl.where(seen[:, None] & _non_finite(doi)[None, :], pi[:, None] * doi[None, :], 0.0)
-            dk += tl.where(seen[:, None] & _non_finite(qi)[None, :], dsi[:, None] * qi[None, :], 0.0) * scale
     kv_mask = col_ok[:, None] & dim_ok[None, :]
     tl.store(dk_ptr + (bh * LK + cols)[:, None] * DIM + dims[None, :], dk, mask=kv_mask)
     tl.store(dv_ptr + (bh * LK + cols)[:, None] * DIM + dims[None, :], dv, mask=kv_mask)
     if HAS_BIAS:
         tl.store(dbias_ptr + bh * LK + cols, dbias, mask=col_ok)
+    if EXACT:
+        # Key by key, from memory: the terms P_ij dO_id and dS_ij q_id of visible queries i < all_see whose
+        # dO_id / q_id is not finite, zeroed in the products above, added back.
+        tl.debug_barrier()
+        for c in range(0, BLOCK_N):
+            j = j0 + c
+            redo_j = _flag(col_ok, c, BLOCK_N)
+            dk_j = _load_row(dk_ptr, bh * LK + j, dims, dim_ok & redo_j, DIM, ACC)
+            dv_j = _load_row(dv_ptr, bh * LK + j, dims, dim_ok & redo_j, DIM, ACC)
+            i_stop = tl.where(redo_j, tl.minimum(all_see, LQ), 0)
+            for i in range(tl.load(first_row_ptr + j, mask=redo_j, other=0), i_stop):
+                qi = _load_row(q_ptr, bh * LQ + i, dims, dim_ok, DIM, ACC)
+                doi = _load_row(do_ptr, bh * LQ + i, dims, dim_ok, DIM, ACC)
+                if _any(_non_finite(qi) | _non_finite(doi)):
+                    p_ij, ds_ij = _pair(q_ptr, k_ptr, v_ptr, do_ptr, bias_ptr, lse_ptr, delta_ptr, bh, HEADS, LQ, LK, i,
+                                        j, scale, dims, dim_ok, DIM, HAS_BIAS, ACC, True)
+                    dv_j += tl.where(_non_finite(doi), p_ij * doi, 0.0)
+                    dk_j += tl.where(_non_finite(qi), ds_ij * qi, 0.0) * scale
+            tl.store(dk_ptr + (bh * LK + j) * DIM + dims, dk_j, mask=dim_ok & redo_j)
+            tl.store(dv_ptr + (bh * LK + j) * DIM + dims, dv_j, mask=dim_ok & redo_j)
 
 
 @triton.jit
@@ -259,27 +288,34 @@ def _chunk_attention_dq_kernel(
         if EXACT:
             k = _hide_non_finite(k, cols >= first_end)
         dq += tl.dot(ds.to(OPERAND), k, input_precision=DOT, out_dtype=ACC) * scale
-    if EXACT:
-        qa, doa = q.to(ACC), do.to(ACC)
-        for j in range(first_end, key_stop):  # the hidden terms dS_ij k_jd of visible pairs, added back
-            kj = _load_row(k_ptr, bh * LK + j, dims, dim_ok, DIM, ACC)
-            sj = _key_scores(qa, kj, bias_ptr, bh, HEADS, LK, j, scale, HAS_BIAS, ACC)
-            seen = j < ends
-            pj = tl.where(seen, tl.exp(sj - lse), 0.0)
-            dsj = pj * (tl.sum(doa * _load_row(v_ptr, bh * LK + j, dims, dim_ok, DIM, ACC)[None, :], axis=1) - delta)
-            dq += tl.where(seen[:, None] & _non_finite(kj)[None, :], dsj[:, None] * kj[None, :], 0.0) * scale
     tl.store(dq_ptr + (bh * LQ + rows)[:, None] * DIM + dims[None, :], dq, mask=row_ok[:, None] & dim_ok[None, :])
+    if EXACT:
+        # Row by row, from memory: the terms dS_ij k_jd of visible keys j >= first_end whose k_jd is not
+        # finite, zeroed in the products above, added back.
+        tl.debug_barrier()
+        for r in range(0, BLOCK_M):
+            i = tl.program_id(1) * BLOCK_M + r
+            redo_i = _flag(row_ok, r, BLOCK_M)
+            dq_i = _load_row(dq_ptr, bh * LQ + i, dims, dim_ok & redo_i, DIM, ACC)
+            for j in range(first_end, tl.where(redo_i, tl.load(key_end_ptr + i, mask=redo_i, other=0), 0)):
+                kj = _load_row(k_ptr, bh * LK + j, dims, dim_ok, DIM, ACC)
+                if _any(_non_finite(kj)):
+                    _, ds_ij = _pair(q_ptr, k_ptr, v_ptr, do_ptr, bias_ptr, lse_ptr, delta_ptr, bh, HEADS, LQ, LK, i, j,
+                                     scale, dims, dim_ok, DIM, HAS_BIAS, ACC, True)
+                    dq_i += tl.where(_non_finite(kj), ds_ij * kj, 0.0) * scale
+            tl.store(dq_ptr + (bh * LQ + i) * DIM + dims, dq_i, mask=dim_ok & redo_i)
 
 
 _acc_types = configs.accumulator
 
 
-def _meta(q, kernel: str, has_bias: bool) -> dict:
-    """Constexpr arguments and launch options of one chunk attention kernel for q's dtype / head dim."""
+def _meta(q, kernel: str, has_bias: bool, exact: bool) -> dict:
+    """Constexpr arguments and launch options of one chunk attention kernel (fast or exact pass) for q's
+    dtype / head dim."""
     block_d = _block_d(q.shape[-1])
+    launch = (configs.exact_launch if exact else configs.launch)(kernel, block_d, q.device, q.dtype)
     return dict(HAS_BIAS=has_bias, ACC=_acc_types(q.dtype)[1], OPERAND=configs.dot_operand(q.dtype, q.device),
-                DOT=configs.dot_precision(q.dtype, q.device), BLOCK_D=block_d,
-                **configs.launch(kernel, block_d, q.device, q.dtype).kwargs())
+                DOT=configs.dot_precision(q.dtype, q.device), BLOCK_D=block_d, EXACT=exact, **launch.kwargs())
 
 
 def _block_d(dim: int) -> int:
@@ -298,11 +334,10 @@ def chunk_attention(q, k, v, key_end, key_bias, scale: float):
     lse = torch.empty(batch, heads, lq, dtype=acc_torch, device=q.device)
     bias = key_bias.contiguous() if key_bias is not None else q.new_empty(0)
     if out.numel():
-        meta = _meta(q, "chunk_attention_fwd", key_bias is not None)
-        grid = (batch * heads, triton.cdiv(lq, meta["BLOCK_M"]))
         args = (q, k, v, bias, key_end, out, lse, heads, lq, lk, dim, configs.scalar(scale, acc_torch, q.device))
         for exact in (False, True):
-            _chunk_attention_kernel[grid](*args, EXACT=exact, **meta)
+            meta = _meta(q, "chunk_attention_fwd", key_bias is not None, exact)
+            _chunk_attention_kernel[(batch * heads, triton.cdiv(lq, meta["BLOCK_M"]))](*args, **meta)
     return out, lse
 
 
@@ -326,15 +361,15 @@ def chunk_attention_backward(grad_out, q, k, v, out, lse, key_end, first_row, ke
     grad_bias_heads = torch.zeros(batch, heads, lk, dtype=acc_torch, device=q.device)
     if q.numel():
         scale_t = configs.scalar(scale, acc_torch, q.device)
-        meta = _meta(q, "chunk_attention_dkdv", key_bias is not None)
         args = (q, k, v, bias, key_end, first_row, grad_out, lse, delta, grad_k, grad_v, grad_bias_heads,
                 heads, lq, lk, dim, scale_t)
         for exact in (False, True):
-            _chunk_attention_dkdv_kernel[(batch * heads, triton.cdiv(lk, meta["BLOCK_N"]))](*args, EXACT=exact, **meta)
-        meta = _meta(q, "chunk_attention_dq", key_bias is not None)
+            meta = _meta(q, "chunk_attention_dkdv", key_bias is not None, exact)
+            _chunk_attention_dkdv_kernel[(batch * heads, triton.cdiv(lk, meta["BLOCK_N"]))](*args, **meta)
         args = (q, k, v, bias, key_end, grad_out, lse, delta, grad_q, heads, lq, lk, dim, scale_t)
         for exact in (False, True):
-            _chunk_attention_dq_kernel[(batch * heads, triton.cdiv(lq, meta["BLOCK_M"]))](*args, EXACT=exact, **meta)
+            meta = _meta(q, "chunk_attention_dq", key_bias is not None, exact)
+            _chunk_attention_dq_kernel[(batch * heads, triton.cdiv(lq, meta["BLOCK_M"]))](*args, **meta)
     grad_bias = grad_bias_heads.sum(1).to(key_bias.dtype) if bias_grad else q.new_empty(0)
     return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype), grad_bias
 
@@ -353,9 +388,10 @@ def aot_specs():
                          dk_ptr=acc, dv_ptr=acc, dbias_ptr=acc, dq_ptr=acc)
             types = {arg: t for arg, t in types.items() if arg in kernel.arg_names}
             for precision, suffix in configs.gemm_variants(dtype):
-                for block_d, config in configs.gpu_table(table, dtype, precision).items():
+                for block_d, fast in configs.gpu_table(table, dtype, precision).items():
                     for dim, exact in itertools.product((block_d, block_d * 3 // 4), (False, True)):
                         # a power-of-two head dim and one padded to it; the fast and the exact pass
+                        config = configs.exact_pass(table, dtype, precision, block_d) if exact else fast
                         constexprs = dict(config.blocks, HAS_BIAS=True, ACC=acc_tl, DOT=precision, DIM=dim,
                                           OPERAND=configs.dot_operand(dtype, "cuda"), BLOCK_D=block_d, EXACT=exact)
                         specs.append(configs.AotSpec(
