@@ -141,3 +141,16 @@ def test_float64_scalars_reach_kernels_in_float64():
     value = 1.0 / 3.0
     carried = configs.scalar(value, torch.float64, "cpu")
     assert carried.dtype == torch.float64 and carried.item() == value
+
+
+def test_chunk_attention_exact_pass_keeps_the_reduction_tile():
+    """The exact pass may take other tiles than the fast pass only along the non-reduced axis, so the
+    sums of the results it rewrites run in the fast pass's order."""
+    assert configs.EXACT_PASS  # some entries need their own launch (the masked operand would spill)
+    for (kernel, label, key), exact in configs.EXACT_PASS.items():
+        dtype = next(d for d, name in configs.TL_NAMES.items() if label.split()[0] == name)
+        precision = label.split()[1] if " " in label else "ieee"
+        fast = configs.gpu_table(kernel, dtype, precision)[key]
+        reduced = configs.EXACT_REDUCTION[kernel]
+        assert exact[reduced] == fast[reduced], (kernel, label, key)
+        assert configs.exact_pass(kernel, dtype, precision, key) == exact
