@@ -8,12 +8,13 @@ and the per-head key-bias gradient, starting at the first query block that can s
 kernel per query block accumulates dQ over its visible keys.
 Masked keys never reach a query, not even a NaN or inf (0 * NaN inside tl.dot would carry it): every
 kernel runs twice. The fast pass (EXACT=False) is plain flash attention; such a leak can only make an
-output row NaN. The exact pass (EXACT=True, same tiles) returns at once unless its block of outputs
-holds a NaN; then it recomputes the block with the non-finite entries of the second dot operand (V;
-K for dQ; Q and dO for dK/dV) zeroed in the rows / columns that straddle a chunk end, masked dS
-zeroed, and adds back the non-finite terms of the visible pairs among them one key (query) at a time,
-so visible non-finite inputs propagate as in the reference. It rewrites only the rows that held a NaN.
-Clean rows therefore keep the fast pass's bits whatever the hidden inputs hold.
+output row NaN. The exact pass (EXACT=True; the fast pass's reduction tile, see configs.EXACT_PASS)
+does nothing past a NaN check of its block of outputs unless that finds one; then it recomputes the
+block with the non-finite entries of the second dot operand (V; K for dQ; Q and dO for dK/dV) zeroed
+in the columns / rows that some row (key) of the block cannot see, masked dS zeroed, and afterwards
+adds back, pair by pair from memory, the terms of visible pairs whose operand it zeroed, so visible
+non-finite inputs propagate as in the reference. It rewrites only the rows (keys) that held a NaN,
+so no host sync is needed and results out of a hidden value's reach keep the bits of a clean run.
 Operands enter tl.dot in the input dtype (float16 / bfloat16 on tensor cores; P and dS are rounded
 to it, as in FlashAttention) with float32 accumulation; float32 uses tf32 or ieee per
 kernels/configs.py, float64 ieee. The scale enters as a tensor of the accumulator dtype (a Python
