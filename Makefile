@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.vidsel-deps
-export MAX_JOBS ?= 2
+export MAX_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
 .PHONY: setup build test test-fast test-long bench bench-full info clean gpu-check
 
@@ -24,14 +24,16 @@ info: build
 	$(PY) -m vidsel.info
 
 # Whole suite: Triton kernels under the interpreter on CPU tensors, C++ CPU kernels, references,
-# and the proof that csrc/cuda compiled and linked (tests/ops/test_cuda_build.py).
+# and the proof that csrc/cuda compiled and linked (tests/ops/test_cuda_build.py). On a machine with a
+# CUDA device the backend tests also run cuda and compiled Triton on CUDA tensors (tests/conftest.py).
 test: build
 	$(PY) -m vidsel.info
-	TRITON_INTERPRET=1 $(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider tests
 
 # Longer hypothesis profile (2000 examples per op and backend) for the property tests.
 test-long: build
 	VIDSEL_HYPOTHESIS_PROFILE=long TRITON_INTERPRET=1 $(PY) -m pytest -q -p no:cacheprovider tests/ops/test_properties.py
+	VIDSEL_FUZZ_MUTATIONS=2000 $(PY) -m pytest -q -p no:cacheprovider tests/io/test_reader_fuzz.py
 
 bench: build
 	$(PY) -m benchmarks.run

@@ -1,5 +1,6 @@
 """Shared test helpers. The per-dtype tolerances are stated here, once, for the whole suite."""
 
+import pytest
 import torch
 
 import vidsel  # noqa: F401
@@ -29,6 +30,39 @@ def cpu_backends(supported=("reference", "cpu", "triton", "cuda")) -> list[str]:
 def compiled_backends(supported=("cpu", "triton", "cuda")) -> list[str]:
     """The non-reference backends runnable here: each is compared with the reference."""
     return [b for b in cpu_backends(supported) if b != "reference"]
+
+
+GPU_BACKENDS = ("reference", "cuda", "triton")  # what can run on CUDA tensors
+
+
+def _cuda_unusable_reason(impl: str) -> str | None:
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    return _backends._unusable_reason(impl, torch.device("cuda"))
+
+
+def device_backends(supported=("reference", "cpu", "triton", "cuda"), reference: bool = True) -> list:
+    """pytest params `(device, impl)` for a backend test: every backend of the op that runs on CPU tensors
+    here, then each GPU backend (cuda, compiled triton; the reference too when `reference`) on CUDA tensors.
+
+    The CUDA pairs are always collected and reported as skipped, with the reason, where no CUDA device or
+    build exists. A test parametrised with these builds its tensors on `device` (the `tensors_on_device`
+    fixture in tests/conftest.py makes it the factories' default device), so its body is the same for both.
+    """
+    params = [pytest.param("cpu", impl, id=f"cpu-{impl}")
+              for impl in cpu_backends(supported) if reference or impl != "reference"]
+    for impl in GPU_BACKENDS:
+        if impl not in supported or (impl == "reference" and not reference):
+            continue
+        reason = _cuda_unusable_reason(impl)
+        mark = pytest.mark.skipif(reason is not None, reason=f"cuda tensors: {reason}")
+        params.append(pytest.param("cuda", impl, id=f"cuda-{impl}", marks=mark))
+    return params
+
+
+def fused_device_backends(supported=("cpu", "triton", "cuda")) -> list:
+    """device_backends without the reference: the pairs that are compared with the reference."""
+    return device_backends(supported, reference=False)
 
 
 def non_contiguous(t: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import vidsel
-from tests.helpers import assert_close, cpu_backends
+from tests.helpers import assert_close, fused_device_backends
 from vidsel.models import stts
 from vidsel.models.stts import SelectionSpec, parse_selections
 
@@ -194,8 +194,8 @@ def test_eval_is_hard_and_deterministic(backbone):
     assert hard.shape == soft.shape and not torch.allclose(hard, soft)
 
 
-@pytest.mark.parametrize("impl", [b for b in cpu_backends() if b != "reference"])
-def test_every_op_backend_gives_the_reference_model_output(impl):
+@pytest.mark.parametrize("device, impl", fused_device_backends())
+def test_every_op_backend_gives_the_reference_model_output(device, impl):
     # the selection ops are the only backend-dependent part: same weights, same clip, same output
     name = "timesformer_8x224-T0.75@1-S0.6@1"
     reference = small_model(name, impl="reference").eval()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import vidsel
-from tests.helpers import assert_close, cpu_backends
+from tests.helpers import assert_close, device_backends
 from vidsel.models.testa import JointConfig, JointEncoder, TestaConfig, TestaEncoder
 
 SMALL = dict(num_frames=8, img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2)
@@ -109,8 +109,8 @@ def test_prop_attn_only_matters_after_merging():
         assert not torch.allclose(merging_prop(x), merging(x))
 
 
-@pytest.mark.parametrize("impl", cpu_backends())
-def test_backends_agree(impl):
+@pytest.mark.parametrize("device, impl", device_backends())
+def test_backends_agree(device, impl):
     torch.manual_seed(0)
     x = clip(batch=1)
     reference = small_testa(impl="reference").eval()

@@ -3,16 +3,17 @@
 import pytest
 import torch
 
-from tests.helpers import assert_close, cpu_backends
+from tests.helpers import assert_close, device_backends
 from vidsel.nn import ChunkCausalSelfAttention
 from vidsel.ops._dispatch import supported
 from vidsel.ops.chunk_attention import CHUNK_ATTENTION, CHUNK_ATTENTION_BACKWARD
 
 SUPPORTED_IMPLS = supported(CHUNK_ATTENTION, CHUNK_ATTENTION_BACKWARD)
+ON_DEVICES = device_backends(SUPPORTED_IMPLS)  # (device, impl): CPU tensors here, CUDA on a GPU machine
 
 
-@pytest.mark.parametrize("impl", cpu_backends(SUPPORTED_IMPLS))
-def test_streaming_steps_equal_full_pass(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_streaming_steps_equal_full_pass(device, impl):
     layer = ChunkCausalSelfAttention(dim=32, heads=2, chunk_size=5, impl=impl)
     x = torch.randn(2, 23, 32)
     full = layer(x)
@@ -33,8 +34,8 @@ def test_future_chunks_do_not_change_the_past():
     assert not torch.allclose(layer(changed)[:, 8:], layer(x)[:, 8:])
 
 
-@pytest.mark.parametrize("impl", [b for b in cpu_backends(SUPPORTED_IMPLS) if b != "reference"])
-def test_gradients_through_the_layer_match_the_reference(impl):
+@pytest.mark.parametrize("device, impl", device_backends(SUPPORTED_IMPLS, reference=False))
+def test_gradients_through_the_layer_match_the_reference(device, impl):
     """Strided q/k/v views of the fused projection, variable chunks and a key bias, end to end."""
     layer = ChunkCausalSelfAttention(dim=16, heads=2, chunk_size=4, impl=impl)
     x = torch.randn(2, 10, 16)

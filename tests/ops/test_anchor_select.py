@@ -5,12 +5,15 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import vidsel.ops as ops
-from tests.helpers import DTYPES, assert_close, compiled_backends, cpu_backends, non_contiguous
+from tests.helpers import (DTYPES, assert_close, compiled_backends, cpu_backends, device_backends,
+                           fused_device_backends, non_contiguous)
 from vidsel.ops.anchor_select import _anchor_gather
 from vidsel.reference import anchor_select as reference
 
 BACKENDS = cpu_backends()
 FUSED = compiled_backends()
+ON_DEVICES = device_backends()  # (device, impl): CPU tensors here, CUDA tensors on a GPU machine
+FUSED_ON_DEVICES = fused_device_backends()
 
 # (H, W, anchor, stride): G = 1 (anchor = map), 1x1 anchors, non-square, stride leaving a border,
 # stride larger than the anchor (uncovered pixels), a 1-pixel-wide map.
@@ -37,9 +40,9 @@ def _grid(height, width, anchor, stride):
     return (ah, aw, sh, sw), rows * cols
 
 
-@pytest.mark.parametrize("impl", FUSED)
+@pytest.mark.parametrize("device, impl", FUSED_ON_DEVICES)
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=str)
-def test_anchor_scores_and_hard_select_equal_reference(impl, geometry):
+def test_anchor_scores_and_hard_select_equal_reference(device, impl, geometry):
     height, width, anchor, stride = geometry
     x, scores = _inputs(height, width)
     x.requires_grad_()
@@ -60,9 +63,9 @@ def test_anchor_scores_and_hard_select_equal_reference(impl, geometry):
     assert torch.equal(got[3], expected[3])
 
 
-@pytest.mark.parametrize("impl", FUSED)
+@pytest.mark.parametrize("device, impl", FUSED_ON_DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES + (torch.float64,))
-def test_anchor_gather_dtypes_non_contiguous(impl, dtype):
+def test_anchor_gather_dtypes_non_contiguous(device, impl, dtype):
     (ah, aw, sh, sw), count = _grid(6, 7, (3, 4), (2, 1))
     x = non_contiguous(torch.randn(4, 6, 7, 19).to(dtype)).requires_grad_()
     weights = torch.rand(4, count).to(dtype)
@@ -78,8 +81,8 @@ def test_anchor_gather_dtypes_non_contiguous(impl, dtype):
         assert_close(g, e, scale=scale if dtype in (torch.float32, torch.float64) else 1.0)
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_hard_semantics(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_hard_semantics(device, impl):
     """A hot 2x2 patch at rows 3-4, cols 1-2: the 2x2 anchor there wins; ties go to the first anchor."""
     x = torch.randn(1, 2, 6, 5, 3)
     scores = torch.zeros(1, 2, 6, 5)
@@ -91,8 +94,8 @@ def test_hard_semantics(impl):
     assert torch.equal(out[0, 0], x[0, 0, 2:4, 0:2])  # first of the two anchors tied at mean 0.5
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_gradcheck(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_gradcheck(device, impl):
     x = torch.randn(1, 2, 5, 4, 3, dtype=torch.float64, requires_grad=True)
     scores = torch.rand(1, 2, 5, 4, dtype=torch.float64, requires_grad=True)
     (ah, aw, sh, sw), count = _grid(5, 4, (3, 2), (1, 2))
@@ -110,8 +113,8 @@ def test_gradcheck(impl):
     assert torch.autograd.gradcheck(perturbed, (x,), fast_mode=True)
 
 
-@pytest.mark.parametrize("impl", FUSED)
-def test_perturbed_equals_reference_estimator(impl):
+@pytest.mark.parametrize("device, impl", FUSED_ON_DEVICES)
+def test_perturbed_equals_reference_estimator(device, impl):
     """Same seed, same Philox noise: forward and both gradients match the reference (STTS eq. 7-8)."""
     x, scores = _inputs(6, 5, dtype=torch.float64)
     grad = torch.randn(2, 3, 3, 2, 5, dtype=torch.float64)
@@ -126,16 +129,16 @@ def test_perturbed_equals_reference_estimator(impl):
     assert results["reference"][2].abs().sum() > 0  # the scorer does receive a gradient
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_perturbed_sigma_zero_is_hard(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_perturbed_sigma_zero_is_hard(device, impl):
     x, scores = _inputs(5, 6)
     hard = ops.anchor_select(x, scores, (2, 3), 1, impl=impl)
     soft = ops.anchor_select(x, scores, (2, 3), 1, mode="perturbed", sigma=0.0, num_samples=3, seed=0, impl=impl)
     assert_close(soft, hard)
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_opcheck(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_opcheck(device, impl):
     scores = torch.rand(3, 6, 5, requires_grad=True)
     torch.library.opcheck(torch.ops.vidsel.anchor_scores.default, (scores, 3, 2, 2, 1, impl))
     (ah, aw, sh, sw), count = _grid(6, 5, (3, 2), (2, 1))
@@ -150,9 +153,9 @@ def test_opcheck(impl):
                               (grad, x.detach(), weights.detach(), 2, 1, need_x, need_w, impl))
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
 @pytest.mark.parametrize("mode", ["hard", "perturbed"])
-def test_compile_fullgraph_matches_eager(impl, mode):
+def test_compile_fullgraph_matches_eager(device, impl, mode):
     def layer(x, scores):
         return ops.anchor_select(x * 2, scores, (2, 3), 2, mode=mode, num_samples=10, seed=5, impl=impl)
 
@@ -205,8 +208,8 @@ def test_bad_inputs(call, error, match):
         call()
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_nan_scores_rank_last(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_nan_scores_rank_last(device, impl):
     x, scores = _inputs(4, 4)
     scores[0, 1] = 0.0
     scores[0, 1, 0, 0] = float("nan")  # poisons the top-left anchor only

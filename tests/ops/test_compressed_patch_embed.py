@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from tests.helpers import DTYPES, assert_close, compiled_backends, cpu_backends, non_contiguous
+from tests.helpers import DTYPES, assert_close, compiled_backends, cpu_backends, fused_device_backends, non_contiguous
 from vidsel.nn import CompressedPatchEmbed, log_mel_features
 from vidsel.ops import CompressedEmbedParams, compressed_patch_embed
 from vidsel.ops._dispatch import supported
@@ -15,6 +15,7 @@ from vidsel.reference import compressed_patch_embed as reference
 
 SUPPORTED = supported(op_module.EMBED, op_module.EMBED_BACKWARD)
 BACKENDS = compiled_backends(SUPPORTED)
+ON_DEVICES = fused_device_backends(SUPPORTED)  # (device, impl): CPU tensors here, CUDA on a GPU machine
 
 
 def make_case(batch=2, frames=2, height=16, width=32, patch=8, block=4, dim=16, feat=12, dtype=torch.float32,
@@ -44,10 +45,10 @@ def as_list(out):
 GEOMETRIES = [(16, 32, 8, 4), (16, 24, 8, 8), (32, 32, 8, 16), (24, 24, 8, 12), (8, 16, 8, 1)]
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 @pytest.mark.parametrize("expand_audio", [True, False])
-def test_matches_reference_float32(impl, geometry, expand_audio):
+def test_matches_reference_float32(device, impl, geometry, expand_audio):
     height, width, patch, block = geometry
     inputs, params = make_case(height=height, width=width, patch=patch, block=block)
     expected = run(inputs, params, "reference", patch, expand_audio)
@@ -57,9 +58,9 @@ def test_matches_reference_float32(impl, geometry, expand_audio):
         assert_close(a, e, scale=10)
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES[1:])
-def test_low_precision(impl, dtype):
+def test_low_precision(device, impl, dtype):
     inputs, params = make_case()
     low = lambda t: None if t is None else t.to(dtype)  # noqa: E731
     expected = run(inputs, params, "reference", expand_audio=False)
@@ -142,8 +143,8 @@ def test_gradcheck_float64(impl, expand_audio):
     assert torch.autograd.gradcheck(fn, leaves, fast_mode=True)
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_gradients_match_reference_with_partial_input_grads(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_gradients_match_reference_with_partial_input_grads(device, impl):
     inputs, params = make_case(block=16 // 2)
     grads = {}
     for backend in ("reference", impl):

@@ -4,18 +4,21 @@ import pytest
 import torch
 
 import vidsel.ops as ops
-from tests.helpers import DTYPES, assert_close, compiled_backends, cpu_backends, non_contiguous
+from tests.helpers import (DTYPES, assert_close, compiled_backends, cpu_backends, device_backends,
+                           fused_device_backends, non_contiguous)
 
 BACKENDS = cpu_backends()
 FUSED = compiled_backends()
+ON_DEVICES = device_backends()  # (device, impl): CPU tensors here, CUDA tensors on a GPU machine
+FUSED_ON_DEVICES = fused_device_backends()
 
 # (B, T, N, D, k): k=1, k=T, T=1, B=1, sizes off any block multiple.
 CASES = [(2, 7, 5, 3, 3), (1, 4, 2, 9, 1), (3, 5, 3, 2, 5), (2, 1, 4, 4, 1)]
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_hard_keeps_best_frames_in_order(impl, case):
+def test_hard_keeps_best_frames_in_order(device, impl, case):
     batch, frames, tokens, dim, k = case
     x = torch.randn(batch, frames, tokens, dim, requires_grad=True)
     scores = torch.randint(0, 3, (batch, frames)).float()  # ties: the earlier frame wins
@@ -28,16 +31,16 @@ def test_hard_keeps_best_frames_in_order(impl, case):
     assert torch.equal(grad.sum(dim=(2, 3)) != 0, torch.zeros_like(scores, dtype=torch.bool).scatter(1, chosen, True))
 
 
-@pytest.mark.parametrize("impl", FUSED)
+@pytest.mark.parametrize("device, impl", FUSED_ON_DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_hard_dtypes_non_contiguous(impl, dtype):
+def test_hard_dtypes_non_contiguous(device, impl, dtype):
     x = non_contiguous(torch.randn(2, 6, 3, 5).to(dtype))
     scores = torch.randn(2, 6).to(dtype)
     assert torch.equal(ops.frame_select(x, scores, 4, impl=impl), ops.frame_select(x, scores, 4, impl="reference"))
 
 
-@pytest.mark.parametrize("impl", FUSED)
-def test_perturbed_equals_reference_estimator(impl):
+@pytest.mark.parametrize("device, impl", FUSED_ON_DEVICES)
+def test_perturbed_equals_reference_estimator(device, impl):
     """Same seed: same indicators, so output and both gradients match the reference (STTS eq. 7-9)."""
     x = torch.randn(2, 6, 3, 4, dtype=torch.float64)
     scores = torch.rand(2, 6, dtype=torch.float64)
@@ -52,8 +55,8 @@ def test_perturbed_equals_reference_estimator(impl):
     assert results["reference"][2].abs().sum() > 0
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_perturbed_sigma_zero_is_hard_and_gradcheck(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_perturbed_sigma_zero_is_hard_and_gradcheck(device, impl):
     x = torch.randn(2, 5, 2, 3, dtype=torch.float64, requires_grad=True)
     scores = torch.rand(2, 5, dtype=torch.float64)
     soft = ops.frame_select(x, scores, 2, mode="perturbed", sigma=0.0, num_samples=2, seed=0, impl=impl)
@@ -63,9 +66,9 @@ def test_perturbed_sigma_zero_is_hard_and_gradcheck(impl):
     assert torch.autograd.gradcheck(lambda a: ops.frame_select(a, scores, 2, impl=impl), (x,), fast_mode=True)
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
 @pytest.mark.parametrize("mode", ["hard", "perturbed"])
-def test_compile_fullgraph_matches_eager(impl, mode):
+def test_compile_fullgraph_matches_eager(device, impl, mode):
     def layer(x, scores):
         return ops.frame_select(x + 1, scores, 3, mode=mode, num_samples=8, seed=2, impl=impl)
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import vidsel.ops as ops
-from tests.helpers import DTYPES, assert_close, compiled_backends, cpu_backends, non_contiguous
+from tests.helpers import (DTYPES, assert_close, compiled_backends, cpu_backends, device_backends,
+                           fused_device_backends, non_contiguous)
 from vidsel.ops._dispatch import supported
 from vidsel.ops.perturbed_topk import (
     INDICATOR_MATMUL,
@@ -29,6 +30,8 @@ from vidsel.reference import philox
 SUPPORTED_IMPLS = supported(PERTURBED_TOPK, PERTURBED_TOPK_BACKWARD, INDICATOR_MATMUL, INDICATOR_MATMUL_BACKWARD)
 BACKENDS = cpu_backends(SUPPORTED_IMPLS)
 COMPILED = compiled_backends(SUPPORTED_IMPLS)
+ON_DEVICES = device_backends(SUPPORTED_IMPLS)  # (device, impl): CPU tensors here, CUDA on a GPU machine
+COMPILED_ON_DEVICES = fused_device_backends(SUPPORTED_IMPLS)
 # (B, L, k): L = 1, k = 1, k = L, L not a multiple of any block (13, 70), B = 1
 SHAPES = [(1, 1, 1), (3, 13, 4), (2, 70, 70), (1, 70, 1), (2, 9, 8)]
 SAMPLES = 6
@@ -81,10 +84,10 @@ def test_normal_stream_has_standard_moments():
     assert abs(torch.corrcoef(z.reshape(-1, 2).T)[0, 1].item()) < 0.02  # the cos/sin halves of each pair: independent
 
 
-@pytest.mark.parametrize("impl", COMPILED)
+@pytest.mark.parametrize("device, impl", COMPILED_ON_DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("batch,length,k", SHAPES)
-def test_backends_agree_with_reference(impl, dtype, batch, length, k):
+def test_backends_agree_with_reference(device, impl, dtype, batch, length, k):
     scores = torch.randn(batch, length).to(dtype)
     grad = torch.randn(batch, k, length).to(dtype)
     args = (k, SAMPLES, 0.4, 1234)
@@ -94,9 +97,9 @@ def test_backends_agree_with_reference(impl, dtype, batch, length, k):
                  _perturbed_topk_backward(grad, scores, *args, "reference"), dtype)
 
 
-@pytest.mark.parametrize("impl", COMPILED)
+@pytest.mark.parametrize("device, impl", COMPILED_ON_DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_sparse_indicator_matmul_agrees_with_dense(impl, dtype):
+def test_sparse_indicator_matmul_agrees_with_dense(device, impl, dtype):
     """Y^T x skipping zero indicators; grad wrt Y restricted to Y's support (what eq. 8 reads)."""
     indicators = torch.rand(2, 5, 13) * (torch.rand(2, 5, 13) < 0.3)
     x, grad = torch.randn(2, 13, 7).to(dtype), torch.randn(2, 5, 7).to(dtype)
@@ -108,8 +111,8 @@ def test_sparse_indicator_matmul_agrees_with_dense(impl, dtype):
         assert_close(a, e, dtype)
 
 
-@pytest.mark.parametrize("impl", COMPILED)
-def test_non_contiguous_inputs(impl):
+@pytest.mark.parametrize("device, impl", COMPILED_ON_DEVICES)
+def test_non_contiguous_inputs(device, impl):
     scores = non_contiguous(torch.randn(3, 11))
     grad = non_contiguous(torch.randn(3, 4, 11))
     assert not scores.is_contiguous()
@@ -119,8 +122,8 @@ def test_non_contiguous_inputs(impl):
                  _perturbed_topk_backward(grad.contiguous(), scores.contiguous(), *args, "reference"))
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_indicators_are_averaged_one_hots(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_indicators_are_averaged_one_hots(device, impl):
     scores = torch.randn(2, 10, dtype=torch.float64)
     p = ops.perturbed_topk(scores, 3, num_samples=SAMPLES, sigma=1.0, seed=3, impl=impl)
     assert p.shape == (2, 3, 10)
@@ -129,8 +132,8 @@ def test_indicators_are_averaged_one_hots(impl):
     assert (p.sum(1) <= 1 + 1e-12).all()  # an item fills at most one slot per sample
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_small_sigma_tends_to_hard_topk_in_input_order(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_small_sigma_tends_to_hard_topk_in_input_order(device, impl):
     scores = torch.randn(3, 12, dtype=torch.float64)
     hard_index = scores.topk(5, dim=1).indices.sort(1).values
     hard = torch.nn.functional.one_hot(hard_index, 12).double()
@@ -140,8 +143,8 @@ def test_small_sigma_tends_to_hard_topk_in_input_order(impl):
     assert not torch.equal(wide, hard)
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_sigma_zero_is_hard_with_zero_gradient_and_ties_to_lower_index(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_sigma_zero_is_hard_with_zero_gradient_and_ties_to_lower_index(device, impl):
     scores = torch.tensor([[1.0, 2.0, 2.0, 0.0, 2.0]], requires_grad=True)
     p = ops.perturbed_topk(scores, 2, num_samples=3, sigma=0.0, seed=0, impl=impl)
     assert torch.equal(p.detach(), torch.tensor([[[0.0, 1, 0, 0, 0], [0, 0, 1, 0, 0]]]))
@@ -149,8 +152,8 @@ def test_sigma_zero_is_hard_with_zero_gradient_and_ties_to_lower_index(impl):
     assert torch.equal(scores.grad, torch.zeros_like(scores))
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_scores_gradient_is_the_estimator_for_the_same_noise(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_scores_gradient_is_the_estimator_for_the_same_noise(device, impl):
     scores = torch.randn(2, 9, dtype=torch.float64, requires_grad=True)
     grad = torch.randn(2, 3, 9, dtype=torch.float64)
     p = ops.perturbed_topk(scores, 3, num_samples=SAMPLES, sigma=0.5, seed=99, impl=impl)
@@ -160,8 +163,8 @@ def test_scores_gradient_is_the_estimator_for_the_same_noise(impl):
     assert_close(scores.grad, expected_grad)
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_select_gradcheck_x_and_estimator_for_scores(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_select_gradcheck_x_and_estimator_for_scores(device, impl):
     x = torch.randn(2, 7, 5, dtype=torch.float64, requires_grad=True)
     scores = torch.randn(2, 7, dtype=torch.float64)
     select = lambda x_: ops.perturbed_topk_select(x_, scores, 3, num_samples=SAMPLES, sigma=0.3, seed=5, impl=impl)  # noqa: E731
@@ -192,8 +195,8 @@ def test_leading_dims_are_flattened():
     assert torch.equal(out.reshape(6, 2, 8), ops.perturbed_topk(scores.reshape(6, 8), 2, num_samples=SAMPLES, seed=4))
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_opcheck(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_opcheck(device, impl):
     scores = torch.randn(2, 9, requires_grad=True)
     torch.library.opcheck(_perturbed_topk, (scores, 3, 4, 0.2, 8, impl))
     torch.library.opcheck(_perturbed_topk_backward, (torch.randn(2, 3, 9), scores.detach(), 3, 4, 0.2, 8, impl))
@@ -204,8 +207,8 @@ def test_opcheck(impl):
                                                        True, impl))
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_compile_matches_eager(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_compile_matches_eager(device, impl):
     torch._dynamo.reset()
     x = torch.randn(2, 9, 4)
     scores = torch.randn(2, 9)
@@ -248,7 +251,7 @@ def test_bad_inputs_name_the_argument(call, error, name):
         call(scores, x)
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_nan_scores_rank_last(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_nan_scores_rank_last(device, impl):
     out = ops.perturbed_topk(torch.tensor([[float("nan"), 0.0]]), 1, seed=0, impl=impl)
     assert torch.equal(out, torch.tensor([[[0.0, 1.0]]]))

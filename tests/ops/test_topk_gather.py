@@ -4,11 +4,14 @@ import pytest
 import torch
 
 import vidsel.ops as ops
-from tests.helpers import DTYPES, assert_close, compiled_backends, cpu_backends, non_contiguous
+from tests.helpers import (DTYPES, assert_close, compiled_backends, cpu_backends, device_backends,
+                           fused_device_backends, non_contiguous)
 from vidsel.reference import topk_gather as reference
 
 BACKENDS = cpu_backends()
 FUSED = compiled_backends()
+ON_DEVICES = device_backends()  # (device, impl): CPU tensors here, CUDA tensors on a GPU machine
+FUSED_ON_DEVICES = fused_device_backends()
 
 # (group shape, N, D, k): N=1, k=1, k=N, N and D not multiples of any block, one group, no group dims,
 # N larger than one rank tile (64) so the tiled count crosses tiles.
@@ -27,10 +30,10 @@ def _scores_with_ties(shape, dtype=torch.float32):
     return (torch.randint(0, 5, shape) / 4.0).to(dtype)
 
 
-@pytest.mark.parametrize("impl", FUSED)
+@pytest.mark.parametrize("device, impl", FUSED_ON_DEVICES)
 @pytest.mark.parametrize("case", CASES, ids=str)
 @pytest.mark.parametrize("sorted_by_index", [True, False])
-def test_equal_reference_with_ties(impl, case, sorted_by_index):
+def test_equal_reference_with_ties(device, impl, case, sorted_by_index):
     groups, n, d, k = case
     x = torch.randn(*groups, n, d)
     scores = _scores_with_ties((*groups, n))
@@ -40,9 +43,9 @@ def test_equal_reference_with_ties(impl, case, sorted_by_index):
     assert torch.equal(got[0], expected[0])  # a copy: bit-exact
 
 
-@pytest.mark.parametrize("impl", FUSED)
+@pytest.mark.parametrize("device, impl", FUSED_ON_DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES + (torch.float64,))
-def test_dtypes_non_contiguous_and_backward(impl, dtype):
+def test_dtypes_non_contiguous_and_backward(device, impl, dtype):
     x = non_contiguous(torch.randn(3, 37, 20).to(dtype)).requires_grad_()
     scores = non_contiguous(torch.randn(3, 37).to(dtype))
     grad = torch.randn(3, 12, 20).to(dtype)
@@ -55,8 +58,8 @@ def test_dtypes_non_contiguous_and_backward(impl, dtype):
         assert torch.equal(e, g)
 
 
-@pytest.mark.parametrize("impl", FUSED)
-def test_infinite_scores_mask_tokens(impl):
+@pytest.mark.parametrize("device, impl", FUSED_ON_DEVICES)
+def test_infinite_scores_mask_tokens(device, impl):
     scores = torch.randn(3, 10)
     scores[:, ::3] = float("-inf")
     scores[1, 5] = float("inf")
@@ -80,8 +83,8 @@ def test_large_outputs_streaming_path(impl):
         assert torch.equal(e, g)
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_semantics(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_semantics(device, impl):
     """Hand-checkable: top-3 of [1, 3, 3, 0, 3] is positions 1, 2, 4 (ties: lower first)."""
     x = torch.arange(5.0).view(1, 5, 1).expand(1, 5, 2)
     scores = torch.tensor([[1.0, 3.0, 3.0, 0.0, 3.0]])
@@ -92,8 +95,8 @@ def test_semantics(impl):
     assert selected[0, :, 0].tolist() == [3.0, 0.0]
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_gradcheck(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_gradcheck(device, impl):
     x = torch.randn(2, 3, 9, 4, dtype=torch.float64, requires_grad=True)
     scores = torch.randn(2, 3, 9, dtype=torch.float64)
     select = lambda a: ops.topk_gather(a, scores, 4, impl=impl)[0]  # noqa: E731
@@ -101,8 +104,8 @@ def test_gradcheck(impl):
     assert torch.autograd.gradgradcheck(select, (x,), fast_mode=True)
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_scores_get_no_gradient(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_scores_get_no_gradient(device, impl):
     x = torch.randn(2, 6, 3, requires_grad=True)
     scores = torch.randn(2, 6, requires_grad=True)
     selected, _ = ops.topk_gather(x, scores, 2, impl=impl)
@@ -111,8 +114,8 @@ def test_scores_get_no_gradient(impl):
     assert x.grad.sum().item() == pytest.approx(2 * 2 * 3)
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_opcheck(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_opcheck(device, impl):
     x = torch.randn(3, 11, 6, requires_grad=True)
     scores = torch.randn(3, 11)
     for sorted_by_index in (True, False):
@@ -122,8 +125,8 @@ def test_opcheck(impl):
     torch.library.opcheck(torch.ops.vidsel.topk_gather_backward.default, (grad, index, 11, impl))
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_compile_fullgraph_matches_eager(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_compile_fullgraph_matches_eager(device, impl):
     def layer(x, scores):
         selected, index = ops.topk_gather(x * 2, scores, 5, impl=impl)
         return selected.sum(-1), index
@@ -158,8 +161,8 @@ def test_bad_inputs(call, error, match):
         call()
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_nan_scores_rank_last(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_nan_scores_rank_last(device, impl):
     scores = torch.randn(1, 8)
     scores[0, 3] = float("nan")
     _, index = ops.topk_gather(torch.randn(1, 8, 2), scores, 7, impl=impl)

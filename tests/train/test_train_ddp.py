@@ -1,5 +1,6 @@
 """Two Gloo processes under DistributedDataParallel (and under FSDP2) take the same optimizer step as one
-process on the concatenated batch (tiny TESTA and tiny STTS), and per-rank seeded noise reproduces.
+process on the concatenated batch (tiny TESTA and tiny STTS), per-rank seeded noise reproduces, and a
+checkpoint of the sharded model restores into a fresh sharded one that continues bit for bit.
 
 In float64: AdamW's first update is ≈ lr·sign(g), so in float32 the summation-order noise of gradients
 that are zero in exact arithmetic (attention key biases: softmax ignores a shift shared by all keys)
@@ -13,6 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+from vidsel.train import checkpoint as ckpt
 from vidsel.train.distributed import Context, unwrap, wrap
 from vidsel.train.loop import make_optimizer, prepare_step, train_step
 from vidsel.train.models import build_classifier, parameter_groups
@@ -63,7 +65,30 @@ def ddp_worker(rank: int, init_file: str, out_dir: str) -> None:
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if rank == 0:
             torch.save(state, os.path.join(out_dir, f"{case}_fsdp.pt"))
+        fsdp_resume_check(case, context, model, optimizer, scheduler, clips[mine], labels[mine], out_dir)
     dist.destroy_process_group()
+
+
+def fsdp_resume_check(case, context, model, optimizer, scheduler, clips, labels, out_dir) -> None:
+    """Checkpoint of the sharded run, restored into a fresh sharded model: both take step 1 from there;
+    rank 0 writes the largest difference of the full weights after it (the test asserts 0)."""
+    name, overrides, sigma = CASES[case]
+    path = os.path.join(out_dir, f"{case}_fsdp_checkpoint.pt")
+    saved = ckpt.gather(model, optimizer, scheduler, dict(progress={}), context)
+    main = context.rank == 0
+    if main:
+        ckpt.save_atomic(saved, path)
+    dist.barrier()
+    fresh, fresh_optimizer, fresh_scheduler = setup(name, overrides, context, sigma, fsdp=True)
+    ckpt.restore(fresh, fresh_optimizer, fresh_scheduler, ckpt.load(path), context)
+    for net, opt, sched in ((model, optimizer, scheduler), (fresh, fresh_optimizer, fresh_scheduler)):
+        prepare_step(net, 1, STEPS, seed=0, rank=context.rank, sigma_schedule="constant", sigma0=sigma)
+        train_step(net, opt, sched, clips, labels)
+    after, restored = ckpt.full_model_state(model), ckpt.full_model_state(fresh)
+    if main:
+        diff = max((after[k] - restored[k]).abs().max().item() for k in after)
+        torch.save(dict(diff=diff, moved=sum(not torch.equal(after[k], saved["model"][k]) for k in after)),
+                   os.path.join(out_dir, f"{case}_fsdp_resume.pt"))
 
 
 def single_process_step(case: str) -> dict:
@@ -99,3 +124,6 @@ def test_ddp_and_fsdp_steps_equal_single_process_on_the_concatenated_batch(tmp_p
             assert diff <= 1e-6, f"{case}: {key} differs by {diff:.3g}"
             moved += int(not torch.equal(expected, initial[key]))
         assert moved > len(reference) // 2, f"{case}: the step left most parameters unchanged"
+    for case in FSDP_CASES:  # a sharded checkpoint restored into a fresh sharded model continues exactly
+        resumed = torch.load(tmp_path / f"{case}_fsdp_resume.pt")
+        assert resumed["diff"] == 0.0 and resumed["moved"] > 0, (case, resumed)

@@ -85,6 +85,8 @@ class VideoFolder(Dataset):
         extensions: file name endings that count as videos.
         samples, classes: an explicit (path, label) list and class names instead of scanning root (see `split`).
         reader_kwargs: extra keyword arguments of the vidsel.io reader (e.g. audio=True for compressed).
+        require_audio: compressed mode with audio: a file without an audio track counts as unreadable
+            (reported once and skipped), for models that read audio.
 
     Items: (sample, label int). Attributes: classes, class_to_idx, samples, targets.
     """
@@ -103,6 +105,7 @@ class VideoFolder(Dataset):
         samples: Sequence[tuple[str, int]] | None = None,
         classes: Sequence[str] | None = None,
         reader_kwargs: dict | None = None,
+        require_audio: bool = False,
     ):
         if mode not in MODES:
             raise ValueError(f'mode must be "rgb" or "compressed", got {mode!r}')
@@ -116,6 +119,9 @@ class VideoFolder(Dataset):
         self.seed, self.augment = int(seed), bool(augment)
         self.extensions = tuple(extensions)
         self.reader_kwargs = dict(reader_kwargs or {})
+        if require_audio and (mode != "compressed" or not self.reader_kwargs.get("audio", False)):
+            raise ValueError('require_audio=True needs mode="compressed" and reader_kwargs={"audio": True}')
+        self.require_audio = bool(require_audio)
         self.classes = list(classes) if classes is not None else find_classes(self.root)
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
         self.samples = list(samples) if samples is not None else list_videos(self.root, self.classes, self.extensions)
@@ -162,6 +168,7 @@ class VideoFolder(Dataset):
             self.root, self.frames, self.size, self.mode, self.transform, seed=self.seed,
             augment=self.augment if augment is None else augment, extensions=self.extensions,
             samples=samples, classes=self.classes, reader_kwargs=self.reader_kwargs,
+            require_audio=self.require_audio,
         )
 
     def __getitem__(self, index: int):
@@ -209,6 +216,8 @@ class VideoFolder(Dataset):
 
     def _read_compressed(self, path: str, generator: torch.Generator) -> CompressedClip:
         clip = read_compressed(path, self.frames, size=self.size, **{"audio": False, **self.reader_kwargs})
+        if self.require_audio and clip.audio is None:
+            raise VideoReadError(path, "has no audio track, and this dataset's model reads audio")
         if self.augment and bool(torch.rand((), generator=generator) < 0.5):
             clip.iframes, clip.residual = clip.iframes.flip(-1), clip.residual.flip(-1)
             clip.motion = clip.motion.flip(-1) * torch.tensor([-1.0, 1.0]).view(1, 2, 1, 1)
@@ -223,8 +232,10 @@ def collate_clips(batch: list) -> tuple:
     """DataLoader collate_fn: [(sample, label)] -> (batch of samples, (B,) int64 labels).
 
     RGB (and transformed) samples go through torch's default_collate; CompressedClips become a dict of
-    stacked "iframes" (B, T, 3, H, W), "motion" (B, T, 2, h, w), "residual" (B, T, 3, H, W), and "audio"
-    (B, T, S) when every clip has audio of one length.
+    stacked "iframes" (B, T, 3, H, W), "motion" (B, T, 2, h, w), "residual" (B, T, 3, H, W), "block_size",
+    and "audio" (B, T, S) with "sample_rate" when every clip has audio at one rate (segments of clips of
+    different durations are cut to the shortest, S samples: the log-mel features MM-ViT takes are means
+    over a segment's windows).
     """
     if not batch:
         raise ValueError("batch must hold at least one (sample, label) pair")
@@ -233,7 +244,8 @@ def collate_clips(batch: list) -> tuple:
         return default_collate(list(samples)), torch.as_tensor(labels, dtype=torch.int64)
     out = {key: torch.stack([getattr(c, key) for c in samples]) for key in ("iframes", "motion", "residual")}
     audio = [c.audio for c in samples]
-    if all(a is not None for a in audio) and len({tuple(a.shape) for a in audio}) == 1:
-        out["audio"] = torch.stack(audio)
+    if all(a is not None for a in audio) and len({c.sample_rate for c in samples}) == 1:
+        length = min(a.shape[-1] for a in audio)
+        out["audio"], out["sample_rate"] = torch.stack([a[..., :length] for a in audio]), samples[0].sample_rate
     out["block_size"] = samples[0].block_size
     return out, torch.as_tensor(labels, dtype=torch.int64)

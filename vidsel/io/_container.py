@@ -23,6 +23,10 @@ PICTURE_TYPES = {0: "?", 1: "I", 2: "P", 3: "B", 4: "S", 5: "SI", 6: "SP", 7: "B
 FORWARD_PREDICTED = ("P", "S", "SP")
 # Demuxers FFmpeg picks for plain text (by extension); their "video" is rendered text, never a recording.
 TEXT_DEMUXERS = ("tty",)
+# A gap between consecutive video timestamps beyond both bounds marks the timestamps as damaged (variable
+# frame rate recordings pause for seconds, not for a thousand frame intervals and a minute at once).
+MAX_FRAME_GAP_SECONDS = 60.0
+MAX_FRAME_GAP_RATIO = 1000.0
 
 
 def picture_type(frame: av.VideoFrame) -> str:
@@ -98,7 +102,8 @@ def open_demuxed(
     """
     path = check_path(path)
     try:
-        container = av.open(path, mode="r")
+        # Damaged metadata is replaced, not raised as UnicodeDecodeError: the readers never use it.
+        container = av.open(path, mode="r", metadata_errors="replace")
     except av.FFmpegError as error:
         raise VideoReadError(path, f"FFmpeg cannot open it as a media file ({error.strerror or error})") from error
     try:
@@ -110,8 +115,17 @@ def open_demuxed(
         container.close()
 
 
+def _check_decodable(path: str, stream) -> None:
+    """VideoReadError when FFmpeg has no decoder for `stream` (None passes): a header naming no codec, or
+    one FFmpeg does not know, as a damaged header does."""
+    if stream is not None and stream.codec_context is None:
+        raise VideoReadError(path, f"its {stream.type} stream #{stream.index} names a codec FFmpeg cannot decode "
+                                   "(unknown codec id: a damaged or unsupported header)")
+
+
 def _demux_audio_only(path: str, container) -> Demuxed:
     audio = container.streams.audio[0] if container.streams.audio else None
+    _check_decodable(path, audio)
     demuxed = Demuxed(path=path, container=container, video=None, audio=audio)
     if audio is None:
         return demuxed
@@ -132,6 +146,8 @@ def _demux(path: str, container, *, audio: bool, export_motion_vectors: bool) ->
         )
     video = container.streams.video[0]
     audio_stream = container.streams.audio[0] if audio and container.streams.audio else None
+    for stream in (video, audio_stream):
+        _check_decodable(path, stream)
     options = {"flags2": "+export_mvs"} if export_motion_vectors else {}
     video.codec_context.options = options
     video.codec_context.thread_type = "AUTO"  # frame threads: same frames, same order, same side data
@@ -191,13 +207,17 @@ def _build_timeline(demuxed: Demuxed) -> None:
     if video.time_base is not None and all(v is not None for v in pts) and len(set(pts)) == len(pts):
         ordered = sorted(pts)
         base = float(video.time_base)
-        demuxed.frame_times = [v * base for v in ordered]
-        demuxed.pts_to_index = {v: i for i, v in enumerate(ordered)}
-        gaps = sorted(b - a for a, b in zip(demuxed.frame_times, demuxed.frame_times[1:]))
-        demuxed.frame_duration = gaps[len(gaps) // 2] if gaps else nominal
-    else:  # raw streams without timestamps: frames are counted, times follow the nominal rate
-        demuxed.frame_times = [i * nominal for i in range(len(pts))]
-        demuxed.frame_duration = nominal
+        times = [v * base for v in ordered]
+        gaps = sorted(b - a for a, b in zip(times, times[1:]))
+        median = gaps[len(gaps) // 2] if gaps else nominal
+        if not gaps or gaps[-1] <= max(MAX_FRAME_GAP_SECONDS, MAX_FRAME_GAP_RATIO * median):
+            demuxed.frame_times, demuxed.frame_duration = times, median
+            demuxed.pts_to_index = {v: i for i, v in enumerate(ordered)}
+            return
+    # Raw streams without timestamps, or damaged ones (a jump no recording has, e.g. a flipped high bit of
+    # an MPEG-TS PTS): frames are counted in the decoder's output order, times follow the nominal rate.
+    demuxed.frame_times = [i * nominal for i in range(len(pts))]
+    demuxed.frame_duration = nominal
 
 
 def decode_video(demuxed: Demuxed) -> Iterator[tuple[int, av.VideoFrame]]:

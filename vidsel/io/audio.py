@@ -25,10 +25,12 @@ def decode_audio(demuxed: Demuxed, *, sample_rate: int | None, mono: bool) -> tu
     layout = "mono" if mono else (stream.codec_context.layout.name if stream.codec_context.layout else "stereo")
     resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate)
     chunks: list[np.ndarray] = []
-    start = None
+    start = first = None
     try:
         for packet in demuxed.audio_packets + [None]:
             for frame in stream.codec_context.decode(packet):
+                first = first or _frame_shape(frame)
+                _check_same_shape(demuxed.path, first, frame)
                 if start is None and frame.pts is not None and frame.time_base is not None:
                     start = float(frame.pts * frame.time_base)
                 chunks += [f.to_ndarray() for f in resampler.resample(frame)]
@@ -41,6 +43,26 @@ def decode_audio(demuxed: Demuxed, *, sample_rate: int | None, mono: bool) -> tu
     if start is None:
         start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
     return waveform, rate, start
+
+
+def _frame_shape(frame) -> tuple[int, int, str]:
+    """(channels, sample rate, sample format) of a decoded audio frame, from its header fields only."""
+    return frame.layout.nb_channels, frame.sample_rate, frame.format.name
+
+
+def _check_same_shape(path: str, first: tuple[int, int, str], frame) -> None:
+    """VideoReadError when a decoded frame's channels / rate / format differ from the stream's first frame.
+
+    A damaged packet can make the decoder announce another channel layout mid-stream; such a frame's
+    planes need not match its header, so it is refused before anything touches its samples (resampling
+    it crashes FFmpeg). Streams that legitimately switch layout (some broadcast captures) are refused too.
+    """
+    shape = _frame_shape(frame)
+    if shape != first:
+        seconds = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base else None
+        where = f" at {seconds:.3f} s" if seconds is not None else ""
+        raise VideoReadError(path, f"corrupt audio data: a frame{where} has {shape[0]} channel(s), {shape[1]} Hz, "
+                                   f"{shape[2]}, after {first[0]} channel(s), {first[1]} Hz, {first[2]}")
 
 
 def segment_audio(

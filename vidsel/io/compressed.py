@@ -202,8 +202,20 @@ def _intra_samples(demuxed: Demuxed, intra: list, intra_fallback: bool, has_pred
     return [_Sample(i or first, [], None, None, "I") for i in intra]
 
 
+def _check_one_size(path: str, samples: list[_Sample]) -> None:
+    """VideoReadError when the chosen frames differ in size: a stream whose resolution changes mid-way (or
+    a damaged one whose decoder says so) has no motion field or residual between frames of two sizes."""
+    entries = [e for s in samples for e in (s.iframe, s.predicted, *s.references) if e is not None]
+    sizes = sorted({(entry[1].width, entry[1].height) for entry in entries})
+    if len(sizes) > 1:
+        listed = ", ".join(f"{w}x{h}" for w, h in sizes)
+        raise VideoReadError(path, f"the frame size changes mid-stream ({listed}): motion vectors and residuals "
+                                   "need frames of one size (read_frames resizes such streams)")
+
+
 def _assemble(demuxed: Demuxed, samples: list[_Sample], g: int, size) -> CompressedClip:
     """Converts the chosen frames to tensors: RGB I-frames, block motion, residuals (native size), resized."""
+    _check_one_size(demuxed.path, samples)
     rgb_cache: dict[int, np.ndarray] = {}
     motion_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 

@@ -37,7 +37,8 @@ def read_frames(path, num_frames: int, *, size=None) -> torch.Tensor:
     `num_frames` equal slices), decoding the file once.
 
     Args: path: video file; num_frames: T; size: None (native), an int (square) or (height, width);
-    resized with antialiased bilinear interpolation.
+    resized with antialiased bilinear interpolation. When the resolution changes mid-stream, every frame
+    is resized to `size` (native: the first sampled frame's).
     Returns (T, 3, H, W) uint8. Raises FileNotFoundError, VideoReadError (names the file) for files that
     are not readable videos.
     """
@@ -56,8 +57,17 @@ def read_frames(path, num_frames: int, *, size=None) -> torch.Tensor:
             raise VideoReadError(demuxed.path, "no video frame could be decoded")
     # Frames the decoder dropped (damaged streams) are replaced by the nearest decoded one.
     available = sorted(decoded)
-    nearest = [min(available, key=lambda i: abs(i - w)) for w in wanted]
-    return resize_images(stack_channels_first([decoded[i] for i in nearest]), size)
+    images = [decoded[min(available, key=lambda i: abs(i - w))] for w in wanted]
+    if len({image.shape for image in images}) > 1:
+        return _resized_one_by_one(images, size)
+    return resize_images(stack_channels_first(images), size)
+
+
+def _resized_one_by_one(images: list[np.ndarray], size: tuple[int, int] | None) -> torch.Tensor:
+    """Frames of a stream whose resolution changes mid-way: each resized to `size` (native: the first
+    sampled frame's size), then stacked (T, 3, H, W) uint8."""
+    target = size or tuple(images[0].shape[:2])
+    return torch.cat([resize_images(stack_channels_first([image]), target) for image in images])
 
 
 def read_frames_many(paths, num_frames: int, *, size=None, progress: bool = True, errors: str = "raise") -> list:

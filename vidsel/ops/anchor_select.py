@@ -244,9 +244,12 @@ def anchor_select(
     flat_x = x.reshape(batch * frames, height, width, dim)
     flat_scores = scores.reshape(batch * frames, height, width)
     if mode == "hard":
-        # float64 means: exact sums for float32/16 scores, so every backend picks the same anchor.
+        # float64 means summed in one fixed order on every backend, so every backend picks the same anchor.
         means = _anchor_scores(flat_scores.detach().double(), ah, aw, sh, sw, impl)
-        weights = torch.nn.functional.one_hot(ranking(means)[:, 0], means.shape[1]).to(x.dtype)
+        # a scatter, not one_hot: one_hot's class count is a Python int, which under torch.compile
+        # would specialise the graph on the number of anchors G
+        best = ranking(means)[:, :1]
+        weights = torch.zeros(means.shape, dtype=x.dtype, device=x.device).scatter(1, best, 1.0)
     else:
         means = _anchor_scores(flat_scores, ah, aw, sh, sw, impl)
         weights = perturbed_topk(means, 1, num_samples=num_samples, sigma=sigma, seed=seed, impl=impl)[:, 0]

@@ -156,12 +156,25 @@ def _resolve_chunk_lens(chunk_size, chunk_lens, lk: int) -> list[int]:
             raise ValueError(
                 f"chunk_lens must be a 1-D integer tensor, got {chunk_lens.dtype} {tuple(chunk_lens.shape)}"
             )
+        if torch.compiler.is_compiling():
+            return _traced_chunk_lens(chunk_lens, lk)
         chunk_lens = chunk_lens.tolist()
     if not isinstance(chunk_lens, Sequence) or any(isinstance(n, bool) or not isinstance(n, int) for n in chunk_lens):
         raise TypeError(f"chunk_lens must be a sequence of ints or a 1-D integer tensor, got {chunk_lens!r}")
     chunk_lens = list(chunk_lens)
     _check_chunk_lens(chunk_lens, lk)
     return chunk_lens
+
+
+def _traced_chunk_lens(chunk_lens: Tensor, lk) -> list:
+    """A tensor of chunk lengths under torch.compile: its values become unbacked symbolic ints (read
+    once at run time, no graph break); the checks turn into runtime asserts, and the op body checks
+    the concrete lengths again before any kernel runs."""
+    lens = chunk_lens.tolist()
+    for n in lens:
+        torch._check(n >= 1, lambda: "chunk_lens must be positive and sum to k's length")
+    torch._check(sum(lens) == lk, lambda: "chunk_lens must be positive and sum to k's length")
+    return lens
 
 
 def chunk_causal_attention(
@@ -183,7 +196,8 @@ def chunk_causal_attention(
         k, v: (B, H, Lk, Dh) keys and values, same dtype and device as q.
         chunk_size: equal chunks of this many positions (the last one shorter when it does not divide Lk).
         chunk_lens: (T,) lengths of variable chunks summing to Lk (list of ints or an integer tensor;
-            a tensor is read on the host). Exactly one of chunk_size / chunk_lens.
+            a tensor is read on the host; under torch.compile its values are read at run time, so one
+            graph serves every layout of T chunks). Exactly one of chunk_size / chunk_lens.
         key_bias: (B, Lk) added to every score column, e.g. log(token size) for TESTA/ToMe proportional
             attention. Differentiable.
         scale: score scale, default 1/sqrt(Dh).
@@ -195,8 +209,8 @@ def chunk_causal_attention(
 
     Contract: a key of a later chunk never reaches a query, in forward or backward, not even a NaN
     or inf in it (masked keys do not enter the products at all); visible non-finite values propagate.
-    Under torch.compile each distinct chunk layout (e.g. each sequence length with chunk_size) is
-    one graph. Double backward raises RuntimeError.
+    Under torch.compile each distinct chunk_size layout (each sequence length) is one graph; a
+    chunk_lens tensor is one graph for all layouts of its T chunks. Double backward raises RuntimeError.
     """
     check_tensor("q", q, ndim=4, floating=True)
     check_tensor("k", k, ndim=4, like=q)

@@ -15,7 +15,14 @@ from torch import Tensor
 
 from vidsel.ops._dispatch import resolve
 from vidsel.ops._validation import check_choice, check_int, check_tensor
-from vidsel.ops.perturbed_topk import PERTURBED_TOPK, PERTURBED_TOPK_BACKWARD, perturbed_topk
+from vidsel.ops.perturbed_topk import (
+    INDICATOR_MATMUL,
+    INDICATOR_MATMUL_BACKWARD,
+    PERTURBED_TOPK,
+    PERTURBED_TOPK_BACKWARD,
+    _indicator_matmul,
+    perturbed_topk,
+)
 from vidsel.ops.topk_gather import TOPK_GATHER, TOPK_GATHER_BACKWARD, topk_gather
 
 MODES = ("hard", "perturbed")
@@ -45,7 +52,8 @@ def frame_select(
         impl: "auto" | "reference" | "cpu" | "triton" | "cuda".
 
     Returns:
-        (B, k, N, D) frames in temporal order, x's dtype.
+        (B, k, N, D) frames in temporal order, x's dtype. A frame no slot selects (hard: not among
+        the k best; perturbed: a zero indicator in every slot) is never read, not even a NaN in it.
     """
     check_tensor("x", x, ndim=4, floating=True)
     check_tensor("scores", scores, ndim=2, floating=True, like=x, shape=tuple(x.shape[:2]))
@@ -53,11 +61,13 @@ def frame_select(
     batch, frames, tokens, dim = x.shape
     check_int("k", k, 1, frames)
     impl = resolve("frame_select", impl, x.device, TOPK_GATHER, TOPK_GATHER_BACKWARD, PERTURBED_TOPK,
-                   PERTURBED_TOPK_BACKWARD)
+                   PERTURBED_TOPK_BACKWARD, INDICATOR_MATMUL, INDICATOR_MATMUL_BACKWARD)
     rows = x.reshape(batch, frames, tokens * dim)
     if mode == "hard":
         selected, _ = topk_gather(rows, scores, k, sorted_by_index=True, impl=impl)
     else:
         indicators = perturbed_topk(scores, k, num_samples=num_samples, sigma=sigma, seed=seed, impl=impl)
-        selected = torch.bmm(indicators.to(x.dtype), rows)
+        # the zero-weight-safe product of perturbed_topk_select: a frame no slot selects (indicator 0)
+        # is never read, so a NaN or inf in it cannot reach the output through 0 * NaN
+        selected = _indicator_matmul(indicators.to(x.dtype).contiguous(), rows, impl)
     return selected.reshape(batch, k, tokens, dim)

@@ -6,8 +6,8 @@
 * anchor gather: the indicator-weighted sum of the G anchor windows, out = sum_g Y_g x[window g]
   (STTS eq. 9 with the anchors as the selected items). A one-hot Y is the hard top-1 anchor.
 
-Anchor sums are accumulated in float64 in every backend: for float32/16 scores they are exact, so
-all backends see bit-identical anchor scores and pick the same anchor.
+Anchor sums are accumulated in float64, row-major from 0.0, in every backend, so all backends see
+bit-identical anchor scores and pick the same anchor.
 """
 
 from __future__ import annotations
@@ -25,7 +25,12 @@ def anchor_grid(height: int, width: int, anchor_h: int, anchor_w: int, stride_h:
 def anchor_scores(scores: torch.Tensor, anchor_h: int, anchor_w: int, stride_h: int, stride_w: int) -> torch.Tensor:
     """(B, H, W) score maps -> (B, G) mean score of every anchor, row-major over the anchor grid."""
     windows = scores.double().unfold(1, anchor_h, stride_h).unfold(2, anchor_w, stride_w)  # a view
-    sums = windows.sum(dim=(-1, -2))
+    # Row-major running sum from 0.0, the order of every kernel: float64 sums of float32 scores are not
+    # exact when magnitudes differ widely, so a different (e.g. pairwise) order gives different bits.
+    sums = torch.zeros(windows.shape[:3], dtype=torch.float64, device=scores.device)
+    for dy in range(anchor_h):
+        for dx in range(anchor_w):
+            sums = sums + windows[..., dy, dx]
     return (sums / (anchor_h * anchor_w)).flatten(1).to(scores.dtype)
 
 

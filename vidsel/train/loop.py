@@ -41,6 +41,13 @@ class WarmupCosine:
         return self.min_factor + (1.0 - self.min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def to_device(batch, device: torch.device):
+    """A collated batch on `device`: a (B, ...) tensor, or a dict of them (compressed clips; other values kept)."""
+    if isinstance(batch, dict):
+        return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    return batch.to(device, non_blocking=True)
+
+
 def make_optimizer(groups: list[dict], lr: float, total_steps: int, warmup: int, min_lr: float):
     """AdamW over the parameter groups and its LambdaLR(WarmupCosine) schedule (stepped per batch)."""
     optimizer = torch.optim.AdamW(groups, lr=lr)
@@ -57,7 +64,9 @@ def prepare_step(model: nn.Module, step: int, total: int, *, seed: int, rank: in
 
 def train_step(model: nn.Module, optimizer, scheduler, clips: torch.Tensor, labels: torch.Tensor,
                grad_clip: float = 0.0) -> torch.Tensor:
-    """One AdamW step on cross-entropy of model(clips (B, 3, T, H, W)) vs labels (B,); returns the loss."""
+    """One AdamW step on cross-entropy of model(clips) vs labels (B,); returns the loss.
+
+    clips: (B, 3, T, H, W) RGB, or the dict of a compressed-clip batch (see `to_device`)."""
     optimizer.zero_grad(set_to_none=True)
     loss = F.cross_entropy(model(clips), labels)
     loss.backward()
@@ -113,7 +122,7 @@ def evaluate(model: nn.Module, dataset: VideoFolder, context: Context, batch_siz
     totals = torch.zeros(3, dtype=torch.float64)  # correct, loss sum, count
     seen = 0
     for clips, labels in loader(dataset, sampler, batch_size, workers, drop_last=False):
-        logits = net(clips.to(context.device, non_blocking=True)).float().cpu()
+        logits = net(to_device(clips, context.device)).float().cpu()
         keep = max(0, min(len(labels), sampler.valid - seen))
         seen += len(labels)
         logits, labels = logits[:keep], labels[:keep]
@@ -196,7 +205,7 @@ class Trainer:
             sigma = prepare_step(self.model, step, self.total_steps, seed=args.seed, rank=context.rank,
                                  sigma_schedule=args.sigma_schedule, sigma0=args.sigma0)
             lr = self.scheduler.get_last_lr()[0]
-            loss = train_step(self.model, self.optimizer, self.scheduler, clips.to(context.device),
+            loss = train_step(self.model, self.optimizer, self.scheduler, to_device(clips, context.device),
                               labels.to(context.device), args.grad_clip)
             window_loss += loss.double()
             window_steps += 1

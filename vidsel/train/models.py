@@ -2,7 +2,8 @@
 
 STTS models carry their own head (config field num_classes); the TESTA / joint encoders return tokens
 (B, 1 + N, D) and get a linear head on the class token. Input clips are (B, 3, T, H, W) floats in [0, 1],
-normalised here with the ImageNet statistics the ViT backbones are usually initialised for.
+normalised here with the ImageNet statistics the ViT backbones are usually initialised for; MM-ViT models
+take the collated compressed clips (I-frames, motion, residuals, audio) of VideoFolder(mode="compressed").
 """
 
 from __future__ import annotations
@@ -33,6 +34,45 @@ class TokenClassifier(nn.Module):
 
     def forward(self, clip: Tensor) -> Tensor:
         return self.head(self.encoder(clip)[:, 0])
+
+
+class CompressedInputs(nn.Module):
+    """A collated batch of compressed clips (`vidsel.data.collate_clips` of VideoFolder(mode="compressed"))
+    -> the MM-ViT classifier's (iframe, motion, residual, audio) inputs, scaled as
+    `vidsel.nn.CompressedPatchEmbed.clip_inputs` scales one clip: I-frames uint8 -> [0, 1], residuals
+    [-255, 255] -> [-1, 1], motion in pixels, audio as waveform segments (log-mel features in the model).
+
+    batch: dict with "iframes" (B, T, 3, H, W) uint8, "motion" (B, T, 2, H/g, W/g), "residual"
+    (B, T, 3, H, W) int16, and "audio" (B, T, S) + "sample_rate" when the model uses audio.
+    """
+
+    def __init__(self, classifier: nn.Module):
+        super().__init__()
+        self.classifier = classifier
+        self.uses_audio = "A" in classifier.config.modalities
+
+    def forward(self, batch: dict) -> Tensor:
+        if not isinstance(batch, dict) or "iframes" not in batch:
+            raise TypeError("batch must be a collate_clips dict of compressed clips (VideoFolder mode='compressed')")
+        dtype = self.classifier.cls_token.dtype
+        audio = dict(audio_waveform=None, sample_rate=None)
+        if self.uses_audio:
+            if "audio" not in batch:
+                raise ValueError(f"modalities={self.classifier.config.modalities!r} uses audio but some clips of the "
+                                 "batch have no audio track; train with --model-arg modalities=IMR")
+            audio = dict(audio_waveform=batch["audio"], sample_rate=int(batch["sample_rate"]))
+        return self.classifier(batch["iframes"].to(dtype) / 255.0, batch["motion"].to(dtype),
+                               batch["residual"].to(dtype) / 255.0, None, **audio)
+
+
+def input_mode(model: nn.Module) -> str:
+    """The VideoFolder mode a `build_classifier` model reads: "compressed" (MM-ViT) or "rgb"."""
+    return "compressed" if isinstance(model, CompressedInputs) else "rgb"
+
+
+def uses_audio(model: nn.Module) -> bool:
+    """Whether the (wrapped) model reads the clips' audio (MM-ViT with "A" in modalities)."""
+    return isinstance(model, CompressedInputs) and model.uses_audio
 
 
 class Normalized(nn.Module):
@@ -74,19 +114,22 @@ def config_fields(name: str, overrides: dict) -> set[str]:
 
 
 def build_classifier(name: str, num_classes: int, overrides: dict | None = None) -> nn.Module:
-    """`vidsel.create_model(name, **overrides)` with a `num_classes` head, inputs normalised.
+    """`vidsel.create_model(name, **overrides)` with a `num_classes` head, inputs normalised (RGB clips,
+    `Normalized`) or unpacked from a compressed-clip batch (MM-ViT, `CompressedInputs`).
 
     Raises ValueError for unknown names or config fields (the registry's message lists the known ones).
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
     overrides = dict(overrides or {})
-    if "num_classes" in config_fields(name, overrides):
+    known = config_fields(name, overrides)
+    if "num_classes" in known:
         classifier = vidsel.create_model(name, **{**overrides, "num_classes": num_classes})
     else:
         encoder = vidsel.create_model(name, **overrides)
         classifier = TokenClassifier(encoder, encoder.config.embed_dim, num_classes)
-    return Normalized(classifier)
+    # MM-ViT configs (the only ones with `modalities`) read compressed clips.
+    return CompressedInputs(classifier) if "modalities" in known else Normalized(classifier)
 
 
 def clip_geometry(model: nn.Module) -> tuple[int, int]:

@@ -13,7 +13,7 @@ from vidsel.data.video_folder import find_classes
 from vidsel.train import checkpoint as ckpt
 from vidsel.train import distributed
 from vidsel.train.loop import JsonLog, Trainer
-from vidsel.train.models import build_classifier, clip_geometry, has_sigma, parameter_groups
+from vidsel.train.models import build_classifier, clip_geometry, has_sigma, input_mode, parameter_groups, uses_audio
 
 # Arguments a resumed run must share with its checkpoint for the continuation to be exact.
 RESUME_INVARIANTS = ("model", "epochs", "batch_size", "lr", "seed", "weight_decay", "warmup_steps", "min_lr",
@@ -21,10 +21,15 @@ RESUME_INVARIANTS = ("model", "epochs", "batch_size", "lr", "seed", "weight_deca
                      "scorer_lr_mult", "frames", "size", "val_fraction", "augment", "grad_clip")
 
 
-def datasets(args: argparse.Namespace, frames: int, size: int) -> tuple[VideoFolder, VideoFolder]:
-    """(train, held-out): root/train + root/val when both exist, else a seeded per-class split of root."""
+def datasets(args: argparse.Namespace, frames: int, size: int, mode: str = "rgb",
+             audio: bool = False) -> tuple[VideoFolder, VideoFolder]:
+    """(train, held-out): root/train + root/val when both exist, else a seeded per-class split of root.
+
+    mode: the VideoFolder mode the model reads; audio: compressed clips with their audio segments (files
+    without audio are then skipped as unreadable)."""
     train_root, val_root = os.path.join(args.data, "train"), os.path.join(args.data, "val")
-    common = dict(frames=frames, size=size, mode="rgb", seed=args.seed)
+    common = dict(frames=frames, size=size, mode=mode, seed=args.seed,
+                  reader_kwargs=dict(audio=audio) if mode == "compressed" else None, require_audio=audio)
     if os.path.isdir(train_root) and os.path.isdir(val_root):
         train_set = VideoFolder(train_root, augment=args.augment, **common)
         return train_set, VideoFolder(val_root, classes=train_set.classes, **common)
@@ -81,7 +86,7 @@ def _run(args: argparse.Namespace, context: distributed.Context, log: JsonLog) -
     split = os.path.isdir(os.path.join(args.data, "train")) and os.path.isdir(os.path.join(args.data, "val"))
     model, overrides = _build(args, len(find_classes(os.path.join(args.data, "train") if split else args.data)))
     frames, size = clip_geometry(model)
-    train_set, held_out = datasets(args, frames, size)
+    train_set, held_out = datasets(args, frames, size, input_mode(model), uses_audio(model))
     hard_selection = has_sigma(model) and args.sigma0 == 0  # scorers then get no gradient
     model = distributed.wrap(model.to(context.device), context, args.fsdp, find_unused_parameters=hard_selection)
     groups = parameter_groups(distributed.unwrap(model), args.lr, args.weight_decay, args.scorer_lr_mult)
