@@ -10,11 +10,13 @@ Masked keys never reach a query, not even a NaN or inf (0 * NaN inside tl.dot wo
 kernel runs twice. The fast pass (EXACT=False) is plain flash attention; such a leak can only make an
 output row NaN. The exact pass (EXACT=True; the fast pass's reduction tile, see configs.EXACT_PASS)
 does nothing past a NaN check of its block of outputs unless that finds one; then it recomputes the
-block with the non-finite entries of the second dot operand (V; K for dQ; Q and dO for dK/dV) zeroed
-in the columns / rows that some row (key) of the block cannot see, masked dS zeroed, and afterwards
-adds back, pair by pair from memory, the terms of visible pairs whose operand it zeroed, so visible
-non-finite inputs propagate as in the reference. It rewrites only the rows (keys) that held a NaN,
-so no host sync is needed and results out of a hidden value's reach keep the bits of a clean run.
+block with masked dS zeroed and, among the keys (forward, dQ) or query rows (dK/dV) that some row
+(key) of the block cannot see, the non-finite ones taken out of the tile products: forward, their
+non-finite V entries zeroed; dQ, keys with a non-finite k, and dK/dV, rows with a non-finite q or dO,
+zeroed and treated as unseen. Afterwards it adds back, pair by pair from memory, the terms of the
+visible pairs it took out, so visible non-finite inputs propagate as in the reference. It rewrites
+only the rows (keys) that held a NaN (no host sync); under the interpreter, and on a GPU wherever it
+keeps the fast pass's tiles, results out of a hidden value's reach keep the bits of a clean run.
 Operands enter tl.dot in the input dtype (float16 / bfloat16 on tensor cores; P and dS are rounded
 to it, as in FlashAttention) with float32 accumulation; float32 uses tf32 or ieee per
 kernels/configs.py, float64 ieee. The scale enters as a tensor of the accumulator dtype (a Python
@@ -59,6 +61,12 @@ def _nan_rows(ptr, first_row, rows, row_ok, dims, dim_ok, DIM: tl.constexpr):
     offsets = (first_row + rows)[:, None] * DIM + dims[None, :]
     x = tl.load(ptr + offsets, mask=row_ok[:, None] & dim_ok[None, :], other=0.0).to(tl.float32)
     return tl.max((x != x).to(tl.int32), axis=1) > 0  # (float32: the interpreter compares bfloat16 as bits)
+
+
+@triton.jit
+def _nan_or_inf_rows(x):
+    """(R,) bool: the rows of x (R, D) holding a NaN or an infinity."""
+    return tl.max(_non_finite(x).to(tl.int32), axis=1) > 0
 
 
 @triton.jit
@@ -221,10 +229,13 @@ def _chunk_attention_dkdv_kernel(
         lse = tl.load(lse_ptr + bh * LQ + rows, mask=row_ok, other=0.0)
         delta = tl.load(delta_ptr + bh * LQ + rows, mask=row_ok, other=0.0)
         ends = tl.load(key_end_ptr + rows, mask=row_ok, other=0)
-        p, ds = _probs_and_dscores(q, k, v, do, lse, delta, bias, cols, ends, scale, ACC, DOT, EXACT)
         if EXACT:
-            q = _hide_non_finite(q, rows < all_see)
-            do = _hide_non_finite(do, rows < all_see)
+            # Rows before all_see holding a non-finite q / dO are left out here (zeroed, seeing no key)
+            # and added pair by pair below: one masked copy of each operand, no raw copy kept.
+            bad = (rows < all_see) & (_nan_or_inf_rows(q) | _nan_or_inf_rows(do))
+            q, do = tl.where(bad[:, None], 0.0, q), tl.where(bad[:, None], 0.0, do)
+            ends = tl.where(bad, 0, ends)
+        p, ds = _probs_and_dscores(q, k, v, do, lse, delta, bias, cols, ends, scale, ACC, DOT, EXACT)
         dv += tl.dot(tl.trans(p.to(OPERAND)), do, input_precision=DOT, out_dtype=ACC)
         dk += tl.dot(tl.trans(ds.to(OPERAND)), q, input_precision=DOT, out_dtype=ACC) * scale
         dbias += tl.sum(ds, axis=0)
@@ -234,14 +245,14 @@ def _chunk_attention_dkdv_kernel(
     if HAS_BIAS:
         tl.store(dbias_ptr + bh * LK + cols, dbias, mask=col_ok)
     if EXACT:
-        # Key by key, from memory: the terms P_ij dO_id and dS_ij q_id of visible queries i < all_see whose
-        # dO_id / q_id is not finite, zeroed in the products above, added back.
+        # Key by key, from memory: the terms P_ij dO_i, dS_ij q_i and dS_ij of the visible queries left out above.
         tl.debug_barrier()
         for c in range(0, BLOCK_N):
             j = j0 + c
             redo_j = _flag(col_ok, c, BLOCK_N)
             dk_j = _load_row(dk_ptr, bh * LK + j, dims, dim_ok & redo_j, DIM, ACC)
             dv_j = _load_row(dv_ptr, bh * LK + j, dims, dim_ok & redo_j, DIM, ACC)
+            dbias_j = tl.zeros([1], ACC)
             i_stop = tl.where(redo_j, tl.minimum(all_see, LQ), 0)
             for i in range(tl.load(first_row_ptr + j, mask=redo_j, other=0), i_stop):
                 qi = _load_row(q_ptr, bh * LQ + i, dims, dim_ok, DIM, ACC)
@@ -249,10 +260,14 @@ def _chunk_attention_dkdv_kernel(
                 if _any(_non_finite(qi) | _non_finite(doi)):
                     p_ij, ds_ij = _pair(q_ptr, k_ptr, v_ptr, do_ptr, bias_ptr, lse_ptr, delta_ptr, bh, HEADS, LQ, LK, i,
                                         j, scale, dims, dim_ok, DIM, HAS_BIAS, ACC, True)
-                    dv_j += tl.where(_non_finite(doi), p_ij * doi, 0.0)
-                    dk_j += tl.where(_non_finite(qi), ds_ij * qi, 0.0) * scale
+                    dv_j += p_ij * doi
+                    dk_j += ds_ij * qi * scale
+                    dbias_j += ds_ij
             tl.store(dk_ptr + (bh * LK + j) * DIM + dims, dk_j, mask=dim_ok & redo_j)
             tl.store(dv_ptr + (bh * LK + j) * DIM + dims, dv_j, mask=dim_ok & redo_j)
+            if HAS_BIAS:
+                bias_at = dbias_ptr + bh * LK + j + tl.arange(0, 1)
+                tl.store(bias_at, tl.load(bias_at, mask=redo_j, other=0.0) + dbias_j, mask=redo_j)
 
 
 @triton.jit
@@ -285,14 +300,17 @@ def _chunk_attention_dq_kernel(
         k = _load_tile(k_ptr, bh * LK, cols, col_ok, dims, dim_ok, DIM, OPERAND)
         v = _load_tile(v_ptr, bh * LK, cols, col_ok, dims, dim_ok, DIM, OPERAND)
         bias = _load_key_bias(bias_ptr, bh, HEADS, LK, cols, col_ok, HAS_BIAS, ACC, BLOCK_N)
-        _, ds = _probs_and_dscores(q, k, v, do, lse, delta, bias, cols, ends, scale, ACC, DOT, EXACT)
+        seen_cols = cols
         if EXACT:
-            k = _hide_non_finite(k, cols >= first_end)
+            # Keys from first_end on holding a non-finite k are left out here (zeroed, seen by no row)
+            # and added pair by pair below: one masked copy of k, no raw copy kept.
+            bad = (cols >= first_end) & _nan_or_inf_rows(k)
+            k, seen_cols = tl.where(bad[:, None], 0.0, k), tl.where(bad, LK, cols)
+        _, ds = _probs_and_dscores(q, k, v, do, lse, delta, bias, seen_cols, ends, scale, ACC, DOT, EXACT)
         dq += tl.dot(ds.to(OPERAND), k, input_precision=DOT, out_dtype=ACC) * scale
     tl.store(dq_ptr + (bh * LQ + rows)[:, None] * DIM + dims[None, :], dq, mask=row_ok[:, None] & dim_ok[None, :])
     if EXACT:
-        # Row by row, from memory: the terms dS_ij k_jd of visible keys j >= first_end whose k_jd is not
-        # finite, zeroed in the products above, added back.
+        # Row by row, from memory: the terms dS_ij k_j of the visible keys left out above.
         tl.debug_barrier()
         for r in range(0, BLOCK_M):
             i = tl.program_id(1) * BLOCK_M + r
@@ -303,7 +321,7 @@ def _chunk_attention_dq_kernel(
                 if _any(_non_finite(kj)):
                     _, ds_ij = _pair(q_ptr, k_ptr, v_ptr, do_ptr, bias_ptr, lse_ptr, delta_ptr, bh, HEADS, LQ, LK, i, j,
                                      scale, dims, dim_ok, DIM, HAS_BIAS, ACC, True)
-                    dq_i += tl.where(_non_finite(kj), ds_ij * kj, 0.0) * scale
+                    dq_i += ds_ij * kj * scale
             tl.store(dq_ptr + (bh * LQ + i) * DIM + dims, dq_i, mask=dim_ok & redo_i)
 
 

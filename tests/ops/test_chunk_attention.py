@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import vidsel.ops as ops
-from tests.helpers import DTYPES, assert_close, cpu_backends, non_contiguous
+from tests.helpers import DTYPES, assert_close, cpu_backends, device_backends, non_contiguous
 from vidsel.ops._dispatch import supported
 from vidsel.ops.chunk_attention import (
     CHUNK_ATTENTION,
@@ -18,6 +18,8 @@ from vidsel.ops.chunk_attention import (
 from vidsel.reference.chunk_attention import block_causal_mask, chunk_layout
 
 BACKENDS = cpu_backends(supported(CHUNK_ATTENTION, CHUNK_ATTENTION_BACKWARD))
+# (device, impl) of every compiled backend: CPU tensors here, CUDA tensors on a GPU machine
+COMPILED_ON_DEVICES = device_backends(supported(CHUNK_ATTENTION, CHUNK_ATTENTION_BACKWARD), reference=False)
 
 # (B, H, Lq, Lk, Dh, chunking): L not a multiple of the chunk or tile, Dh 40 and 64, Lq < Lk, B=1, H=1,
 # variable chunks with a length-1 chunk.
@@ -234,9 +236,9 @@ def _forward_and_grads(impl, lens, tensors, grad_out):
     return (out, *torch.autograd.grad(out, leaves, grad_out))
 
 
-@pytest.mark.parametrize("impl", [b for b in BACKENDS if b != "reference"])
+@pytest.mark.parametrize("device, impl", COMPILED_ON_DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_non_finite_inputs_propagate_as_in_the_reference(impl, dtype):
+def test_non_finite_inputs_propagate_as_in_the_reference(device, impl, dtype):
     """Output and all gradients against the reference: same NaN / inf positions, close elsewhere."""
     lens, _, poisoned = _poisoned(dtype)
     grad_out = torch.randn(2, 2, 37, 24, dtype=dtype)
@@ -263,10 +265,10 @@ POISONS = {
 }
 
 
-@pytest.mark.parametrize("impl", [b for b in BACKENDS if b != "reference"])
+@pytest.mark.parametrize("device, impl", COMPILED_ON_DEVICES)
 @pytest.mark.parametrize("poison, dtype", [(name, (torch.float32, torch.bfloat16, torch.float64)[n % 3])
                                            for n, name in enumerate(POISONS)])
-def test_hidden_non_finite_inputs_leave_every_other_result_bit_identical(impl, poison, dtype):
+def test_hidden_non_finite_inputs_leave_every_other_result_bit_identical(device, impl, poison, dtype):
     """Every output / gradient entry out of the poison's reach (the reference's entry unchanged and
     finite) keeps the clean run's bits: forward, grad q, k, v and key bias."""
     lens, clean, _ = _poisoned(dtype)
