@@ -11,9 +11,8 @@ kernel runs twice. The fast pass (EXACT=False) is plain flash attention; such a 
 output row NaN. The exact pass (EXACT=True; the fast pass's reduction tile, see configs.EXACT_PASS)
 does nothing past a NaN check of its block of outputs unless that finds one; then it recomputes the
 block with masked dS zeroed and, among the keys (forward, dQ) or query rows (dK/dV) that some row
-(key) of the block cannot see, the non-finite ones taken out of the tile products: forward, their
-non-finite V entries zeroed; dQ, keys with a non-finite k, and dK/dV, rows with a non-finite q or dO,
-zeroed and treated as unseen. Afterwards it adds back, pair by pair from memory, the terms of the
+(key) of the block cannot see, the non-finite ones taken out of the tile products: forward and dQ,
+their non-finite V / K entries zeroed; dK/dV, rows with a non-finite q or dO zeroed and unseen. Afterwards it adds back, pair by pair from memory, the terms of the
 visible pairs it took out, so visible non-finite inputs propagate as in the reference. It rewrites
 only the rows (keys) that held a NaN (no host sync); under the interpreter, and on a GPU wherever it
 keeps the fast pass's tiles, results out of a hidden value's reach keep the bits of a clean run.
@@ -300,17 +299,14 @@ def _chunk_attention_dq_kernel(
         k = _load_tile(k_ptr, bh * LK, cols, col_ok, dims, dim_ok, DIM, OPERAND)
         v = _load_tile(v_ptr, bh * LK, cols, col_ok, dims, dim_ok, DIM, OPERAND)
         bias = _load_key_bias(bias_ptr, bh, HEADS, LK, cols, col_ok, HAS_BIAS, ACC, BLOCK_N)
-        seen_cols = cols
+        _, ds = _probs_and_dscores(q, k, v, do, lse, delta, bias, cols, ends, scale, ACC, DOT, EXACT)
         if EXACT:
-            # Keys from first_end on holding a non-finite k are left out here (zeroed, seen by no row)
-            # and added pair by pair below: one masked copy of k, no raw copy kept.
-            bad = (cols >= first_end) & _nan_or_inf_rows(k)
-            k, seen_cols = tl.where(bad[:, None], 0.0, k), tl.where(bad, LK, cols)
-        _, ds = _probs_and_dscores(q, k, v, do, lse, delta, bias, seen_cols, ends, scale, ACC, DOT, EXACT)
+            k = _hide_non_finite(k, cols >= first_end)
         dq += tl.dot(ds.to(OPERAND), k, input_precision=DOT, out_dtype=ACC) * scale
     tl.store(dq_ptr + (bh * LQ + rows)[:, None] * DIM + dims[None, :], dq, mask=row_ok[:, None] & dim_ok[None, :])
     if EXACT:
-        # Row by row, from memory: the terms dS_ij k_j of the visible keys left out above.
+        # Row by row, from memory: the terms dS_ij k_jd of visible keys j >= first_end whose k_jd is not
+        # finite, zeroed in the products above, added back.
         tl.debug_barrier()
         for r in range(0, BLOCK_M):
             i = tl.program_id(1) * BLOCK_M + r
@@ -321,7 +317,7 @@ def _chunk_attention_dq_kernel(
                 if _any(_non_finite(kj)):
                     _, ds_ij = _pair(q_ptr, k_ptr, v_ptr, do_ptr, bias_ptr, lse_ptr, delta_ptr, bh, HEADS, LQ, LK, i, j,
                                      scale, dims, dim_ok, DIM, HAS_BIAS, ACC, True)
-                    dq_i += ds_ij * kj * scale
+                    dq_i += tl.where(_non_finite(kj), ds_ij * kj, 0.0) * scale
             tl.store(dq_ptr + (bh * LQ + i) * DIM + dims, dq_i, mask=dim_ok & redo_i)
 
 

@@ -184,6 +184,7 @@ EXACT_PASS = {
     ("chunk_attention_fwd", "fp32 ieee", 256): _launch(4, 2, BLOCK_M=16, BLOCK_N=16),
     # half the keys per program (dK/dV reduce over query rows: BLOCK_M stays)
     ("chunk_attention_dkdv", "fp32 ieee", 32): _launch(8, 2, BLOCK_M=64, BLOCK_N=32),
+    ("chunk_attention_dkdv", "fp64", 32): _launch(8, 1, BLOCK_M=32, BLOCK_N=64),  # one stage fewer
     # dQ reduces over keys (BLOCK_N stays): another stage, fewer query rows or other warps
     ("chunk_attention_dq", "fp32 tf32", 128): _launch(8, 3, BLOCK_M=32, BLOCK_N=32),
     ("chunk_attention_dq", "fp32 ieee", 64): _launch(8, 2, BLOCK_M=32, BLOCK_N=32),
