@@ -142,7 +142,7 @@ GPU_IEEE = {
         32: _launch(8, 2, BLOCK_M=64, BLOCK_N=64),
         64: _launch(8, 2, BLOCK_M=64, BLOCK_N=32),
         128: _launch(4, 1, BLOCK_M=32, BLOCK_N=16),
-        256: _launch(2, 1, BLOCK_M=16, BLOCK_N=16),  # head dim 192 spills 40 bytes here (FMA dot rows)
+        256: _launch(8, 1, BLOCK_M=32, BLOCK_N=16),  # 2 warps at 16x16 spill at head dim 192
     },
     "best_partner": {1: _launch(8, 2, BLOCK_A=64, BLOCK_B=64, BLOCK_C=32)},
 }
@@ -168,6 +168,31 @@ GPU_FP64 = {
     },
     "best_partner": {1: _launch(8, 2, BLOCK_A=64, BLOCK_B=64, BLOCK_C=32)},
     "patch_project": {1: _launch(8, 2, BLOCK_M=64, BLOCK_D=64, BLOCK_K=32)},
+}
+
+# The exact pass of chunk attention (EXACT=True in kernels/chunk_attention.py) runs only on blocks whose
+# fast-pass results hold a NaN, and masks its second dot operand in registers. Where that would spill,
+# it takes fewer rows (forward, dQ) or keys (dK/dV) per program or more warps, but always the fast
+# pass's reduction tile (EXACT_REDUCTION), so the order of every sum and the bits of unreached results
+# stay the same. Key: (kernel, AOT dtype label, head-dim key); other entries reuse the fast pass's launch.
+EXACT_REDUCTION = {"chunk_attention_fwd": "BLOCK_N", "chunk_attention_dq": "BLOCK_N", "chunk_attention_dkdv": "BLOCK_M"}
+EXACT_PASS = {
+    # one more pipeline stage: the masked V tile no longer spills (same tiles and warps)
+    ("chunk_attention_fwd", "fp32 tf32", 256): _launch(8, 2, BLOCK_M=32, BLOCK_N=32),
+    ("chunk_attention_fwd", "fp32 ieee", 64): _launch(8, 3, BLOCK_M=64, BLOCK_N=32),
+    ("chunk_attention_fwd", "fp32 ieee", 128): _launch(4, 2, BLOCK_M=32, BLOCK_N=16),
+    ("chunk_attention_fwd", "fp32 ieee", 256): _launch(4, 2, BLOCK_M=16, BLOCK_N=16),
+    # half the keys per program (dK/dV reduce over query rows: BLOCK_M stays)
+    ("chunk_attention_dkdv", "fp32 ieee", 32): _launch(8, 2, BLOCK_M=64, BLOCK_N=32),
+    ("chunk_attention_dkdv", "fp64", 32): _launch(8, 1, BLOCK_M=32, BLOCK_N=64),  # one stage fewer
+    # dQ reduces over keys (BLOCK_N stays): another stage, fewer query rows or other warps
+    ("chunk_attention_dq", "fp32 tf32", 128): _launch(8, 3, BLOCK_M=32, BLOCK_N=32),
+    ("chunk_attention_dq", "fp32 ieee", 64): _launch(8, 2, BLOCK_M=32, BLOCK_N=32),
+    ("chunk_attention_dq", "fp32 ieee", 128): _launch(4, 3, BLOCK_M=32, BLOCK_N=16),
+    ("chunk_attention_dq", "fp32 ieee", 256): _launch(8, 2, BLOCK_M=32, BLOCK_N=16),
+    ("chunk_attention_dq", "fp16", 256): _launch(8, 3, BLOCK_M=64, BLOCK_N=32),
+    ("chunk_attention_dq", "bf16", 256): _launch(8, 3, BLOCK_M=64, BLOCK_N=32),
+    ("chunk_attention_dq", "fp64", 256): _launch(8, 2, BLOCK_M=16, BLOCK_N=16),
 }
 
 
@@ -207,6 +232,25 @@ def launch(kernel: str, size: int, device, dtype: torch.dtype | None = None) -> 
     precision = dot_precision(dtype, device) if dtype is not None else "ieee"
     table = gpu_table(kernel, dtype, precision)
     return table[gpu_key(table, size)]
+
+
+def precision_label(dtype: torch.dtype, precision: str) -> str:
+    """"fp16", "fp32 tf32", "fp32 ieee", ...: the dtype and, for float32, the tl.dot precision."""
+    return TL_NAMES[dtype] + (f" {precision}" if dtype == torch.float32 else "")
+
+
+def exact_pass(kernel: str, dtype: torch.dtype, precision: str, key: int) -> Launch:
+    """The GPU launch of chunk attention's exact pass for the GPU table entry `key` (see EXACT_PASS)."""
+    fast = gpu_table(kernel, dtype, precision)[key]
+    return EXACT_PASS.get((kernel, precision_label(dtype, precision), key), fast)
+
+
+def exact_launch(kernel: str, size: int, device, dtype: torch.dtype) -> Launch:
+    """Like launch, for chunk attention's exact pass (the interpreter keeps the fast pass's tiles)."""
+    if not on_gpu(device):
+        return INTERPRETER[kernel]
+    precision = dot_precision(dtype, device)
+    return exact_pass(kernel, dtype, precision, gpu_key(gpu_table(kernel, dtype, precision), size))
 
 
 def dot_precision(dtype: torch.dtype, device) -> str:

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import vidsel.ops as ops
-from tests.helpers import DTYPES, assert_close, cpu_backends, non_contiguous
+from tests.helpers import DTYPES, assert_close, cpu_backends, device_backends, non_contiguous
 from vidsel.ops._dispatch import supported
 from vidsel.ops.chunk_attention import (
     CHUNK_ATTENTION,
@@ -18,6 +18,8 @@ from vidsel.ops.chunk_attention import (
 from vidsel.reference.chunk_attention import block_causal_mask, chunk_layout
 
 BACKENDS = cpu_backends(supported(CHUNK_ATTENTION, CHUNK_ATTENTION_BACKWARD))
+# (device, impl) of every compiled backend: CPU tensors here, CUDA tensors on a GPU machine
+COMPILED_ON_DEVICES = device_backends(supported(CHUNK_ATTENTION, CHUNK_ATTENTION_BACKWARD), reference=False)
 
 # (B, H, Lq, Lk, Dh, chunking): L not a multiple of the chunk or tile, Dh 40 and 64, Lq < Lk, B=1, H=1,
 # variable chunks with a length-1 chunk.
@@ -210,3 +212,92 @@ def test_chunk_layout_is_the_mask_of_eq8(chunk_lens, lq):
         assert int(first_row[j]) == (rows[0] if rows else 0)
     assert key_end.dtype == first_row.dtype == torch.int64
     assert key_end.shape == (lq,) and first_row.shape == (lk,)
+
+
+def _poisoned(dtype):
+    """Inputs crossing the interpreter tiles (16) with chunk ends inside tiles, Lq < Lk, and non-finite
+    values: a NaN key (b0 h0, chunk 2), +inf / -inf values (b0 h1, last chunk), a NaN value in the
+    length-1 chunk (b1 h0), a NaN query row (b1 h1, chunk 0) and a NaN key bias (b1, last key)."""
+    lens = [13, 1, 9, 22]
+    torch.manual_seed(3)
+    q, k, v, key_bias = _inputs(2, 2, 37, 45, 24, dtype=dtype)
+    clean = (q.clone(), k.clone(), v.clone(), key_bias.clone())
+    k[0, 0, 20, 3] = float("nan")
+    v[0, 1, 30, 5], v[0, 1, 40, 7] = float("inf"), float("-inf")
+    v[1, 0, 13, 2] = float("nan")
+    q[1, 1, 3] = float("nan")
+    key_bias[1, 44] = float("nan")
+    return lens, clean, (q, k, v, key_bias)
+
+
+def _forward_and_grads(impl, lens, tensors, grad_out):
+    leaves = [t.clone().requires_grad_() for t in tensors]
+    out = ops.chunk_causal_attention(*leaves[:3], chunk_lens=lens, key_bias=leaves[3], impl=impl)
+    return (out, *torch.autograd.grad(out, leaves, grad_out))
+
+
+@pytest.mark.parametrize("device, impl", COMPILED_ON_DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_non_finite_inputs_propagate_as_in_the_reference(device, impl, dtype):
+    """Output and all gradients against the reference: same NaN / inf positions, close elsewhere."""
+    lens, _, poisoned = _poisoned(dtype)
+    grad_out = torch.randn(2, 2, 37, 24, dtype=dtype)
+    grad_out[0, 0, 30, 1] = float("nan")  # a NaN gradient of a last-chunk query
+    got = _forward_and_grads(impl, lens, poisoned, grad_out)
+    want = _forward_and_grads("reference", lens, poisoned, grad_out)
+    tol = {torch.float64: 1e-9, torch.float32: 1e-4, torch.bfloat16: 3e-2}[dtype]
+    for name, a, b in zip(("out", "grad_q", "grad_k", "grad_v", "grad_bias"), got, want):
+        assert torch.equal(a.isnan(), b.isnan()), name
+        assert torch.equal(a == float("inf"), b == float("inf")), name
+        assert torch.equal(a == float("-inf"), b == float("-inf")), name
+        finite = torch.isfinite(b)
+        torch.testing.assert_close(a[finite].double(), b[finite].double(), atol=tol, rtol=tol, msg=name)
+
+
+# One poison at a time, so that most results stay out of its reach (positions: query row i sits at 8 + i).
+POISONS = {
+    "key": lambda q, k, v, bias, g: k[:, :, 20, 3].fill_(float("nan")),  # chunk 2: rows >= 6 see it
+    "values": lambda q, k, v, bias, g: (v[:, :, 30, 5].fill_(float("inf")), v[:, :, 40, 7].fill_(float("-inf"))),
+    "short-chunk value": lambda q, k, v, bias, g: v[:, :, 13, 2].fill_(float("nan")),  # the length-1 chunk
+    "bias": lambda q, k, v, bias, g: bias[:, 44].fill_(float("nan")),
+    "query": lambda q, k, v, bias, g: (q[:, :, 3].fill_(float("nan")), g[:, :, 3].fill_(float("nan"))),
+    "grad": lambda q, k, v, bias, g: g[:, :, 10, 4].fill_(float("inf")),  # row 10 sees keys 0..22
+}
+
+
+@pytest.mark.parametrize("device, impl", COMPILED_ON_DEVICES)
+@pytest.mark.parametrize("poison, dtype", [(name, (torch.float32, torch.bfloat16, torch.float64)[n % 3])
+                                           for n, name in enumerate(POISONS)])
+def test_hidden_non_finite_inputs_leave_every_other_result_bit_identical(device, impl, poison, dtype):
+    """Every query's output / gradient row and key's gradient row out of the poison's reach (the
+    reference's row unchanged and finite) keeps the clean run's bits: forward, grad q, k, v, key bias."""
+    lens, clean, _ = _poisoned(dtype)
+    clean = [t[:1] for t in clean]
+    grad_out = torch.randn(1, 2, 37, 24, dtype=dtype)
+    dirty = [t.clone() for t in (*clean, grad_out)]
+    POISONS[poison](*dirty)
+    results = {}
+    for backend in ("reference", impl):
+        results[backend] = [_forward_and_grads(backend, lens, clean, grad_out),
+                            _forward_and_grads(backend, lens, dirty[:4], dirty[4])]
+    (ref_clean, ref_dirty), (got_clean, got_dirty) = results["reference"], results[impl]
+    reached = kept = 0
+    for name, rc, rd, gc, gd in zip(("out", "grad_q", "grad_k", "grad_v", "grad_bias"), ref_clean, ref_dirty,
+                                    got_clean, got_dirty):
+        untouched = torch.isfinite(rd) & (rd == rc)
+        if untouched.dim() == 4:  # a query's / key's row is out of reach only if all of it is
+            untouched = untouched.all(-1, keepdim=True).expand_as(untouched)
+        reached, kept = reached + int((~untouched).sum()), kept + int(untouched.sum())
+        assert torch.equal(gd[untouched], gc[untouched]), name
+    assert reached and kept, (reached, kept)
+
+
+@pytest.mark.parametrize("impl", BACKENDS)
+def test_gradcheck_float64_across_tiles(impl):
+    """Odd sizes spanning several interpreter tiles, a chunk end inside a tile."""
+    q, k, v, key_bias = (t.requires_grad_() for t in _inputs(1, 1, 19, 21, 3, dtype=torch.float64))
+
+    def fn(q, k, v, key_bias):
+        return ops.chunk_causal_attention(q, k, v, chunk_lens=[9, 1, 11], key_bias=key_bias, impl=impl)
+
+    assert torch.autograd.gradcheck(fn, (q, k, v, key_bias), fast_mode=True)  # random Jacobian projections

@@ -69,18 +69,10 @@ def test_compressed_embed_rejects_zero_width(impl):
 
 # ---------------------------------------------------------------- causality
 
-# The Triton chunk-attention kernels still multiply masked (zero) probabilities by a masked key's or
-# value's NaN / inf inside tl.dot; the exact fix (re-adding non-finite terms pair by pair) spilled
-# registers on every sm_90 configuration, so it is not shipped yet.
-TRITON_MASKED_NON_FINITE = "triton chunk attention: a non-finite masked key or value still reaches the query"
-
-
 @pytest.mark.parametrize("impl", BACKENDS)
 @pytest.mark.parametrize("lq", [7, 5])
 def test_chunk_attention_hides_non_finite_future_keys_and_values(impl, lq):
     """Queries of chunk t never see keys of later chunks, not even a NaN or inf in them (eq. 8)."""
-    if impl == "triton":
-        pytest.xfail(TRITON_MASKED_NON_FINITE)
     torch.manual_seed(0)
     q = torch.randn(2, 2, lq, 5, dtype=torch.float64, requires_grad=True)
     k, v = (torch.randn(2, 2, 7, 5, dtype=torch.float64) for _ in range(2))
@@ -101,8 +93,6 @@ def test_chunk_attention_hides_non_finite_future_keys_and_values(impl, lq):
 @pytest.mark.parametrize("impl", BACKENDS)
 def test_chunk_attention_gradients_of_hidden_keys_stay_finite(impl):
     """A key's gradient comes only from queries that see it: NaNs of an earlier query stay out."""
-    if impl == "triton":
-        pytest.xfail(TRITON_MASKED_NON_FINITE)
     torch.manual_seed(1)
     q = torch.randn(1, 1, 6, 4, dtype=torch.float64)
     q[0, 0, 1] = NAN
