@@ -7,19 +7,19 @@ import math
 import pytest
 import torch
 
-from tests.helpers import cpu_backends
+from tests.helpers import device_backends
 from vidsel import ops
 from vidsel.ops import CompressedEmbedParams
 
-BACKENDS = cpu_backends()
+ON_DEVICES = device_backends()  # (device, impl): CPU tensors here, CUDA tensors on a GPU machine
 NAN, INF = float("nan"), float("inf")
 
 
 # ---------------------------------------------------------------- empty batches
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_perturbed_ops_accept_an_empty_batch(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_perturbed_ops_accept_an_empty_batch(device, impl):
     out = ops.perturbed_topk(torch.randn(0, 13), 3, seed=5, impl=impl)
     assert out.shape == (0, 3, 13)
     out = ops.perturbed_topk_select(torch.randn(0, 13, 4), torch.randn(0, 13), 3, seed=5, impl=impl)
@@ -31,8 +31,8 @@ def test_perturbed_ops_accept_an_empty_batch(impl):
     assert out.shape == (0, 2, 2, 2, 3)
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_perturbed_topk_backward_accepts_an_empty_batch(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_perturbed_topk_backward_accepts_an_empty_batch(device, impl):
     scores = torch.randn(0, 7, requires_grad=True)
     ops.perturbed_topk(scores, 2, seed=3, impl=impl).sum().backward()
     assert scores.grad.shape == (0, 7)
@@ -52,16 +52,16 @@ def _embed_case(dim=8, feat=6, weight_feat=6):
     return inputs, CompressedEmbedParams(*params), patch
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
 @pytest.mark.parametrize("weight_feat", [3, 9])
-def test_compressed_embed_rejects_an_audio_weight_of_another_width(impl, weight_feat):
+def test_compressed_embed_rejects_an_audio_weight_of_another_width(device, impl, weight_feat):
     inputs, params, patch = _embed_case(weight_feat=weight_feat)
     with pytest.raises(ValueError, match=r"params.audio_weight must have shape \(8, 6\)"):
         ops.compressed_patch_embed(*inputs, params, patch=patch, impl=impl)
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_compressed_embed_rejects_zero_width(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_compressed_embed_rejects_zero_width(device, impl):
     inputs, params, patch = _embed_case(dim=0)
     with pytest.raises(ValueError, match="D >= 1"):
         ops.compressed_patch_embed(*inputs, params, patch=patch, impl=impl)
@@ -69,9 +69,9 @@ def test_compressed_embed_rejects_zero_width(impl):
 
 # ---------------------------------------------------------------- causality
 
-@pytest.mark.parametrize("impl", BACKENDS)
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
 @pytest.mark.parametrize("lq", [7, 5])
-def test_chunk_attention_hides_non_finite_future_keys_and_values(impl, lq):
+def test_chunk_attention_hides_non_finite_future_keys_and_values(device, impl, lq):
     """Queries of chunk t never see keys of later chunks, not even a NaN or inf in them (eq. 8)."""
     torch.manual_seed(0)
     q = torch.randn(2, 2, lq, 5, dtype=torch.float64, requires_grad=True)
@@ -90,8 +90,8 @@ def test_chunk_attention_hides_non_finite_future_keys_and_values(impl, lq):
     assert torch.isfinite(q.grad[:, :, :early]).all()
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_chunk_attention_gradients_of_hidden_keys_stay_finite(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_chunk_attention_gradients_of_hidden_keys_stay_finite(device, impl):
     """A key's gradient comes only from queries that see it: NaNs of an earlier query stay out."""
     torch.manual_seed(1)
     q = torch.randn(1, 1, 6, 4, dtype=torch.float64)
@@ -117,10 +117,10 @@ RANKED = [
 ]
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("case", RANKED)
-def test_topk_gather_ranks_nan_last(impl, dtype, case):
+def test_topk_gather_ranks_nan_last(device, impl, dtype, case):
     values, k, expected = case
     scores = torch.tensor([values], dtype=dtype)
     x = torch.arange(len(values), dtype=dtype).reshape(1, -1, 1)
@@ -129,26 +129,26 @@ def test_topk_gather_ranks_nan_last(impl, dtype, case):
     assert selected[0, :, 0].tolist() == [float(i) for i in expected]
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
 @pytest.mark.parametrize("case", RANKED)
-def test_perturbed_topk_without_noise_ranks_nan_last(impl, case):
+def test_perturbed_topk_without_noise_ranks_nan_last(device, impl, case):
     values, k, expected = case
     out = ops.perturbed_topk(torch.tensor([values]), k, num_samples=3, sigma=0.0, seed=0, impl=impl)
     assert out[0].argmax(-1).tolist() == expected
     assert torch.equal(out.sum(-1), torch.ones(1, k))
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_perturbed_topk_never_picks_nan_while_numbers_remain(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_perturbed_topk_never_picks_nan_while_numbers_remain(device, impl):
     scores = torch.tensor([[0.1, NAN, 0.3, NAN, -0.2, 0.0]])
     out = ops.perturbed_topk(scores, 4, num_samples=64, sigma=0.5, seed=7, impl=impl)
     assert torch.equal(out[0, :, 1], torch.zeros(4)) and torch.equal(out[0, :, 3], torch.zeros(4))
     assert torch.allclose(out.sum(-1), torch.ones(1, 4))
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
 @pytest.mark.parametrize("replacement", [True, False])
-def test_gumbel_topk_hard_pick_ranks_nan_last(impl, replacement):
+def test_gumbel_topk_hard_pick_ranks_nan_last(device, impl, replacement):
     logits = torch.tensor([[NAN, 0.0, NAN, -1.0]])
     out = ops.gumbel_topk(logits, 2, hard=True, replacement=replacement, seed=3, impl=impl)
     assert out[0, :, 0].sum() == 0 and out[0, :, 2].sum() == 0
@@ -162,8 +162,8 @@ def test_gumbel_topk_hard_pick_ranks_nan_last(impl, replacement):
 # ---------------------------------------------------------------- zero weights
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_unselected_non_finite_rows_never_reach_the_output(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_unselected_non_finite_rows_never_reach_the_output(device, impl):
     x = torch.randn(2, 6, 3)
     x[:, 5] = NAN
     x[:, 4, 1] = INF
@@ -174,8 +174,8 @@ def test_unselected_non_finite_rows_never_reach_the_output(impl):
     assert torch.equal(picked, x[:, [0, 0]])
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_gumbel_topk_select_hard_returns_the_picked_rows_exactly(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_gumbel_topk_select_hard_returns_the_picked_rows_exactly(device, impl):
     torch.manual_seed(2)
     x, logits = torch.randn(3, 7, 5), torch.randn(3, 7)
     x[:, 3, 2] = NAN
@@ -186,8 +186,8 @@ def test_gumbel_topk_select_hard_returns_the_picked_rows_exactly(impl):
     assert torch.equal(out.nan_to_num(), expected.nan_to_num())
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_hard_anchor_select_ignores_non_finite_pixels_outside_the_anchor(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_hard_anchor_select_ignores_non_finite_pixels_outside_the_anchor(device, impl):
     x = torch.randn(1, 1, 4, 4, 2)
     x[0, 0, 3, 3] = NAN
     scores = torch.zeros(1, 1, 4, 4)
@@ -205,9 +205,9 @@ def test_gumbel_tau_must_have_a_finite_reciprocal(tau):
         ops.gumbel_topk(torch.randn(2, 5), 2, tau=tau, hard=False, seed=0)
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_anchor_scores_do_not_depend_on_the_dynamic_range(impl, dtype):
+def test_anchor_scores_do_not_depend_on_the_dynamic_range(device, impl, dtype):
     """A finfo.min-masked or infinite region must not swamp the small means of other anchors."""
     scores = torch.full((2, 6, 6), 1e-3, dtype=dtype)
     scores[:, :, 4:] = torch.finfo(dtype).min
@@ -227,8 +227,8 @@ def test_anchor_scores_do_not_depend_on_the_dynamic_range(impl, dtype):
     assert pick.shape == (2, 1, 2, 2, 1)
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_anchor_scores_bfloat16_matches_the_reference(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_anchor_scores_bfloat16_matches_the_reference(device, impl):
     torch.manual_seed(3)
     scores = torch.randn(3, 8, 8).to(torch.bfloat16)
     assert torch.equal(ops.anchor_scores(scores, 3, 2, impl=impl), ops.anchor_scores(scores, 3, 2, impl="reference"))
@@ -243,9 +243,9 @@ def test_anchor_reference_is_exact_for_small_windows_next_to_huge_ones():
 # ---------------------------------------------------------------- empty merges, Matching, draws
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
 @pytest.mark.parametrize("batch, n", [(0, 6), (2, 0), (0, 0)])
-def test_merge_and_unmerge_accept_empty_inputs(impl, batch, n):
+def test_merge_and_unmerge_accept_empty_inputs(device, impl, batch, n):
     empty = torch.zeros(batch, n, dtype=torch.int64)
     matching = ops.Matching(empty, torch.zeros(batch, 0, dtype=torch.int64), torch.zeros(batch, 0, dtype=torch.int64),
                             empty)
@@ -257,8 +257,8 @@ def test_merge_and_unmerge_accept_empty_inputs(impl, batch, n):
     assert ops.merge(frames, matching, impl=impl)[0].shape == (batch, n, 2, 3)
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_matching_with_int32_indices_is_rejected_on_every_backend(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_matching_with_int32_indices_is_rejected_on_every_backend(device, impl):
     matching = ops.bipartite_match(torch.randn(1, 6, 4), 2, impl="reference")
     as_int32 = ops.Matching(*(t.to(torch.int32) for t in matching))
     with pytest.raises(TypeError, match="matching.kept_index must have dtype"):
@@ -267,8 +267,8 @@ def test_matching_with_int32_indices_is_rejected_on_every_backend(impl):
         ops.unmerge(torch.randn(1, 4, 3), as_int32, impl=impl)
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_gumbel_topk_needs_at_least_one_item(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_gumbel_topk_needs_at_least_one_item(device, impl):
     with pytest.raises(ValueError, match="L >= 1"):
         ops.gumbel_topk(torch.randn(2, 0), 1, seed=0, impl=impl)
 
@@ -303,9 +303,9 @@ def _double_backward_cases():
             "chunk_causal_attention": attention, "compressed_patch_embed": embed}
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
 @pytest.mark.parametrize("name", list(_double_backward_cases()))
-def test_double_backward_is_refused_naming_the_op(impl, name):
+def test_double_backward_is_refused_naming_the_op(device, impl, name):
     inp, out = _double_backward_cases()[name](impl)
     (grad,) = torch.autograd.grad(out.square().sum(), inp, create_graph=True)
     with pytest.raises(RuntimeError, match=f"{name}: double backward"):
@@ -315,8 +315,8 @@ def test_double_backward_is_refused_naming_the_op(impl, name):
 # ---------------------------------------------------------------- torch.compile
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_chunk_attention_compiles_over_changing_lengths(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_chunk_attention_compiles_over_changing_lengths(device, impl):
     torch._dynamo.reset()
     counters = torch._dynamo.utils.counters
     counters.clear()
@@ -328,8 +328,8 @@ def test_chunk_attention_compiles_over_changing_lengths(impl):
     assert sum(counters["stats"].values()) >= 1  # it compiled (one graph per distinct chunk layout)
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_perturbed_and_gumbel_compile_with_dynamic_shapes(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_perturbed_and_gumbel_compile_with_dynamic_shapes(device, impl):
     torch._dynamo.reset()
     perturbed = torch.compile(lambda s, sigma: ops.perturbed_topk(s, 2, num_samples=4, sigma=sigma, seed=1, impl=impl),
                               fullgraph=True, dynamic=True, backend="aot_eager")
