@@ -18,6 +18,7 @@ from vidsel.ops.chunk_attention import (
 from vidsel.reference.chunk_attention import block_causal_mask, chunk_layout
 
 BACKENDS = cpu_backends(supported(CHUNK_ATTENTION, CHUNK_ATTENTION_BACKWARD))
+ON_DEVICES = device_backends(supported(CHUNK_ATTENTION, CHUNK_ATTENTION_BACKWARD))  # (device, impl)
 # (device, impl) of every compiled backend: CPU tensors here, CUDA tensors on a GPU machine
 COMPILED_ON_DEVICES = device_backends(supported(CHUNK_ATTENTION, CHUNK_ATTENTION_BACKWARD), reference=False)
 
@@ -48,10 +49,10 @@ def _inputs(batch, heads, lq, lk, dim, dtype=torch.float32, bias=True):
     return q, k, v, key_bias
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[:5]}")
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_matches_dense_mask_sdpa(impl, case, dtype):
+def test_matches_dense_mask_sdpa(device, impl, case, dtype):
     *shape, chunking = case
     q, k, v, key_bias = _inputs(*shape, dtype=dtype)
     lens = _resolve_chunk_lens(chunking.get("chunk_size"), chunking.get("chunk_lens"), k.shape[2])
@@ -60,15 +61,15 @@ def test_matches_dense_mask_sdpa(impl, case, dtype):
     assert_close(out.float(), _dense_sdpa(q, k, v, lens, key_bias).float(), dtype=dtype)
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_without_bias_non_contiguous_and_custom_scale(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_without_bias_non_contiguous_and_custom_scale(device, impl):
     q, k, v, _ = _inputs(2, 2, 19, 19, 40, bias=False)
     out = ops.chunk_causal_attention(non_contiguous(q), non_contiguous(k), v, chunk_size=6, scale=0.3, impl=impl)
     assert_close(out.double(), _dense_sdpa(q, k, v, [6, 6, 6, 1], scale=0.3), dtype=torch.float32)
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_strided_views_of_a_fused_qkv(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_strided_views_of_a_fused_qkv(device, impl):
     """Heads split from a fused (B, L, 3, H, Dh) projection, queries a slice of the last positions."""
     qkv = torch.randn(2, 30, 3, 2, 40).permute(2, 0, 3, 1, 4)
     q, k, v = qkv[0][:, :, 18:], qkv[1], qkv[2]
@@ -86,8 +87,8 @@ def test_cpu_tiles_longer_than_a_tile():
     assert_close(out.double(), _dense_sdpa(q, k, v, lens, key_bias), dtype=torch.float32)
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_degenerate_chunkings(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_degenerate_chunkings(device, impl):
     """One chunk is full attention; chunk_size=1 is causal attention."""
     q, k, v, _ = _inputs(1, 2, 23, 23, 40, bias=False)
     full = ops.chunk_causal_attention(q, k, v, chunk_size=23, impl=impl)
@@ -97,9 +98,9 @@ def test_degenerate_chunkings(impl):
 
 
 # The second case (one head, chunks longer than a tile row group) splits the CPU backward over query tiles.
-@pytest.mark.parametrize("impl", BACKENDS)
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
 @pytest.mark.parametrize("shape, lens", [((2, 2, 17, 29, 40), [7, 1, 12, 9]), ((1, 1, 100, 100, 16), [40, 1, 59])])
-def test_gradients_match_dense_sdpa(impl, shape, lens):
+def test_gradients_match_dense_sdpa(device, impl, shape, lens):
     q, k, v, key_bias = _inputs(*shape)
     leaves = [t.clone().requires_grad_() for t in (q, k, v, key_bias)]
     out = ops.chunk_causal_attention(*leaves[:3], chunk_lens=lens, key_bias=leaves[3], impl=impl)
@@ -111,8 +112,8 @@ def test_gradients_match_dense_sdpa(impl, shape, lens):
         assert_close(got.double(), want, dtype=torch.float32, scale=10)
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_gradcheck_float64(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_gradcheck_float64(device, impl):
     q, k, v, key_bias = (t.requires_grad_() for t in _inputs(1, 2, 4, 6, 3, dtype=torch.float64))
 
     def fn(q, k, v, key_bias):
@@ -122,8 +123,8 @@ def test_gradcheck_float64(impl):
     assert torch.autograd.gradcheck(fn, (q, k, v, key_bias), fast_mode=impl == "triton")
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_opcheck(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_opcheck(device, impl):
     q, k, v, key_bias = (t.requires_grad_() for t in _inputs(1, 2, 6, 9, 16))
     torch.library.opcheck(_chunk_attention, (q, k, v, [4, 1, 4], key_bias, 0.25, impl))
     torch.library.opcheck(_chunk_attention, (q, k, v, [9], None, 0.25, impl))
@@ -292,8 +293,8 @@ def test_hidden_non_finite_inputs_leave_every_other_result_bit_identical(device,
     assert reached and kept, (reached, kept)
 
 
-@pytest.mark.parametrize("impl", BACKENDS)
-def test_gradcheck_float64_across_tiles(impl):
+@pytest.mark.parametrize("device, impl", ON_DEVICES)
+def test_gradcheck_float64_across_tiles(device, impl):
     """Odd sizes spanning several interpreter tiles, a chunk end inside a tile."""
     q, k, v, key_bias = (t.requires_grad_() for t in _inputs(1, 1, 19, 21, 3, dtype=torch.float64))
 

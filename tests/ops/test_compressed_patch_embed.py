@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from tests.helpers import DTYPES, assert_close, compiled_backends, cpu_backends, fused_device_backends, non_contiguous
+from tests.helpers import (DTYPES, assert_close, compiled_backends, cpu_backends, device_backends,
+                           fused_device_backends, non_contiguous)
 from vidsel.nn import CompressedPatchEmbed, log_mel_features
 from vidsel.ops import CompressedEmbedParams, compressed_patch_embed
 from vidsel.ops._dispatch import supported
@@ -71,8 +72,8 @@ def test_low_precision(device, impl, dtype):
         assert_close(a.float(), e, dtype=dtype, scale=8)
 
 
-@pytest.mark.parametrize("impl", cpu_backends(SUPPORTED))
-def test_single_frame_no_audio_and_non_contiguous(impl):
+@pytest.mark.parametrize("device, impl", device_backends(SUPPORTED))
+def test_single_frame_no_audio_and_non_contiguous(device, impl):
     inputs, params = make_case(batch=1, frames=1, audio=False)
     inputs = [non_contiguous(t) if t is not None else None for t in inputs]
     tokens = run(inputs, params, impl)
@@ -130,9 +131,9 @@ def test_motion_equals_embedding_of_upsampled_field():
         assert_close(run(inputs, params, impl), run(dense, params, impl), scale=10)
 
 
-@pytest.mark.parametrize("impl", cpu_backends(SUPPORTED))
+@pytest.mark.parametrize("device, impl", device_backends(SUPPORTED))
 @pytest.mark.parametrize("expand_audio", [True, False])
-def test_gradcheck_float64(impl, expand_audio):
+def test_gradcheck_float64(device, impl, expand_audio):
     inputs, params = make_case(batch=1, frames=2, height=8, width=16, patch=4, block=8, dim=3, feat=2,
                                dtype=torch.float64)
     leaves = [t.requires_grad_() for t in [*inputs, *params]]
