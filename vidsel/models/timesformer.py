@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vidsel.nn import frames_with_cls
+
 
 class PatchEmbed(nn.Module):
     """Per-frame 2-D patch embedding: (B, C_in, T, H, W) -> (B, T, L, D), L = (H/P)(W/P)."""
@@ -169,12 +171,7 @@ class DividedSpaceTimeBlock(nn.Module):
         patch keys (B*T, L, C) or None, patch importance (B*T, L) or None.
         """
         batch, frames, patches, dim = x.shape
-        per_frame = torch.cat([cls.expand(batch, frames, dim).reshape(batch * frames, 1, dim),
-                               x.reshape(batch * frames, patches, dim)], dim=1)
-        token_size = None
-        if size is not None:
-            cls_size = torch.ones(batch * frames, 1, dtype=size.dtype, device=size.device)
-            token_size = torch.cat([cls_size, size.reshape(batch * frames, patches)], dim=1)
+        per_frame, token_size = frames_with_cls(cls, x, size)
         out, keys, importance = self.attn(self.norm1(per_frame), token_size, need_importance, need_keys)
         cls = cls + out[:, 0].reshape(batch, frames, dim).mean(dim=1, keepdim=True)
         x = x + out[:, 1:].reshape(batch, frames, patches, dim)

@@ -6,7 +6,7 @@ from vidsel.nn.chunk_attention import ChunkCache, ChunkCausalSelfAttention
 from vidsel.nn.compressed_patch_embed import CompressedPatchEmbed, log_mel_features
 from vidsel.nn.mist_selectors import RegionSelector, SegmentSelector
 from vidsel.nn.stts_selectors import AnchorSpatialSelector, ScorerNetwork, TemporalSelector
-from vidsel.nn.token_merging import TokenMerging
+from vidsel.nn.token_merging import TokenMerging, frames_with_cls
 
 __all__ = [
     "AnchorSpatialSelector",
@@ -23,5 +23,6 @@ __all__ = [
     "TokenLearner",
     "TokenMerging",
     "TransformerCombiner",
+    "frames_with_cls",
     "log_mel_features",
 ]

@@ -71,3 +71,18 @@ class TokenMerging(nn.Module):
 
     def extra_repr(self) -> str:
         return f"r={self.r}, partition={self.partition!r}, protected={self.protected}"
+
+
+def frames_with_cls(cls: Tensor, x: Tensor, size: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """The spatial attention's input of divided space-time attention: every frame's tokens after a copy of CLS.
+
+    cls (B, 1, D), x (B, T, L, D), size (B, T, L) or None (token sizes of merged tokens; CLS counts 1).
+    Returns tokens (B*T, 1 + L, D) and sizes (B*T, 1 + L) or None.
+    """
+    batch, frames, patches, dim = x.shape
+    tokens = torch.cat([cls.expand(batch, frames, dim).reshape(batch * frames, 1, dim),
+                        x.reshape(batch * frames, patches, dim)], dim=1)
+    if size is None:
+        return tokens, None
+    cls_size = torch.ones(batch * frames, 1, dtype=size.dtype, device=size.device)
+    return tokens, torch.cat([cls_size, size.reshape(batch * frames, patches)], dim=1)

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from vidsel import ops
+from vidsel.nn import frames_with_cls
 from vidsel.patch._common import (
     PatchHandle,
     adopt_children,
@@ -165,12 +166,7 @@ class _TestaLayer(nn.Module):
     def _spatial(self, cls, x, size, need_importance, need_keys):
         """Attention within every frame, a copy of CLS first; the copies' outputs average into one CLS."""
         batch, frames, patches, dim = x.shape
-        per_frame = torch.cat([cls.expand(batch, frames, dim).reshape(batch * frames, 1, dim),
-                               x.reshape(batch * frames, patches, dim)], dim=1)
-        token_size = None
-        if size is not None:
-            cls_size = torch.ones(batch * frames, 1, dtype=size.dtype, device=size.device)
-            token_size = torch.cat([cls_size, size.reshape(batch * frames, patches)], dim=1)
+        per_frame, token_size = frames_with_cls(cls, x, size)
         out, keys, importance = _attention(
             self.attention, self.layernorm_before(per_frame), token_size, need_importance, need_keys
         )
