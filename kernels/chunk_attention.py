@@ -108,6 +108,30 @@ def _pair(q_ptr, k_ptr, v_ptr, do_ptr, bias_ptr, lse_ptr, delta_ptr, bh, HEADS, 
 
 
 @triton.jit
+def _add_back_hidden_terms(dst_ptr, operand_ptr, q_ptr, k_ptr, v_ptr, do_ptr, bias_ptr, lse_ptr, delta_ptr,
+                           key_end_ptr, row_ok, first_end, bh, HEADS, LQ, LK, scale, dims, dim_ok, DIM: tl.constexpr,
+                           HAS_BIAS: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, GRAD: tl.constexpr):
+    """Row by row, from memory (no tile stays live), for the block's rows i: the terms w_ij x_jd of visible
+    keys j >= first_end whose operand entry x_jd is not finite, zeroed in the tile products, added back to
+    dst. Forward: x = v, w = P (dst = out); GRAD: x = k, w = dS * scale (dst = dQ)."""
+    tl.debug_barrier()
+    for r in range(0, BLOCK_M):
+        i = tl.program_id(1) * BLOCK_M + r
+        redo_i = _flag(row_ok, r, BLOCK_M)
+        dst_i = _load_row(dst_ptr, bh * LQ + i, dims, dim_ok & redo_i, DIM, ACC)
+        for j in range(first_end, tl.where(redo_i, tl.load(key_end_ptr + i, mask=redo_i, other=0), 0)):
+            x_j = _load_row(operand_ptr, bh * LK + j, dims, dim_ok, DIM, ACC)
+            if _any(_non_finite(x_j)):
+                p_ij, ds_ij = _pair(q_ptr, k_ptr, v_ptr, do_ptr, bias_ptr, lse_ptr, delta_ptr, bh, HEADS, LQ, LK,
+                                    i, j, scale, dims, dim_ok, DIM, HAS_BIAS, ACC, GRAD)
+                if GRAD:
+                    dst_i += tl.where(_non_finite(x_j), ds_ij * x_j, 0.0) * scale
+                else:
+                    dst_i += tl.where(_non_finite(x_j), p_ij * x_j, 0.0)
+        tl.store(dst_ptr + (bh * LQ + i) * DIM + dims, dst_i.to(dst_ptr.dtype.element_ty), mask=dim_ok & redo_i)
+
+
+@triton.jit
 def _chunk_attention_kernel(
     q_ptr, k_ptr, v_ptr, bias_ptr, key_end_ptr, out_ptr, lse_ptr,
     HEADS, LQ, LK, DIM: tl.constexpr, scale_ptr,
@@ -155,20 +179,9 @@ def _chunk_attention_kernel(
              mask=row_ok[:, None] & dim_ok[None, :])
     tl.store(lse_ptr + bh * LQ + rows, lse, mask=row_ok)
     if EXACT:
-        # Row by row, from memory (no tile stays live): the terms p_ij v_jd of visible keys j >= first_end
-        # whose v_jd is not finite, zeroed in the products above, added back.
-        tl.debug_barrier()
-        for r in range(0, BLOCK_M):
-            i = tl.program_id(1) * BLOCK_M + r
-            redo_i = _flag(row_ok, r, BLOCK_M)
-            out_i = _load_row(out_ptr, bh * LQ + i, dims, dim_ok & redo_i, DIM, ACC)
-            for j in range(first_end, tl.where(redo_i, tl.load(key_end_ptr + i, mask=redo_i, other=0), 0)):
-                vj = _load_row(v_ptr, bh * LK + j, dims, dim_ok, DIM, ACC)
-                if _any(_non_finite(vj)):
-                    p_ij, _ = _pair(q_ptr, k_ptr, v_ptr, v_ptr, bias_ptr, lse_ptr, lse_ptr, bh, HEADS, LQ, LK, i, j,
-                                    scale, dims, dim_ok, DIM, HAS_BIAS, ACC, False)
-                    out_i += tl.where(_non_finite(vj), p_ij * vj, 0.0)
-            tl.store(out_ptr + (bh * LQ + i) * DIM + dims, out_i.to(out_ptr.dtype.element_ty), mask=dim_ok & redo_i)
+        _add_back_hidden_terms(out_ptr, v_ptr, q_ptr, k_ptr, v_ptr, v_ptr, bias_ptr, lse_ptr, lse_ptr, key_end_ptr,
+                               row_ok, first_end, bh, HEADS, LQ, LK, scale, dims, dim_ok, DIM, HAS_BIAS, ACC,
+                               BLOCK_M, False)
 
 
 @triton.jit
@@ -305,20 +318,9 @@ def _chunk_attention_dq_kernel(
         dq += tl.dot(ds.to(OPERAND), k, input_precision=DOT, out_dtype=ACC) * scale
     tl.store(dq_ptr + (bh * LQ + rows)[:, None] * DIM + dims[None, :], dq, mask=row_ok[:, None] & dim_ok[None, :])
     if EXACT:
-        # Row by row, from memory: the terms dS_ij k_jd of visible keys j >= first_end whose k_jd is not
-        # finite, zeroed in the products above, added back.
-        tl.debug_barrier()
-        for r in range(0, BLOCK_M):
-            i = tl.program_id(1) * BLOCK_M + r
-            redo_i = _flag(row_ok, r, BLOCK_M)
-            dq_i = _load_row(dq_ptr, bh * LQ + i, dims, dim_ok & redo_i, DIM, ACC)
-            for j in range(first_end, tl.where(redo_i, tl.load(key_end_ptr + i, mask=redo_i, other=0), 0)):
-                kj = _load_row(k_ptr, bh * LK + j, dims, dim_ok, DIM, ACC)
-                if _any(_non_finite(kj)):
-                    _, ds_ij = _pair(q_ptr, k_ptr, v_ptr, do_ptr, bias_ptr, lse_ptr, delta_ptr, bh, HEADS, LQ, LK, i, j,
-                                     scale, dims, dim_ok, DIM, HAS_BIAS, ACC, True)
-                    dq_i += tl.where(_non_finite(kj), ds_ij * kj, 0.0) * scale
-            tl.store(dq_ptr + (bh * LQ + i) * DIM + dims, dq_i, mask=dim_ok & redo_i)
+        _add_back_hidden_terms(dq_ptr, k_ptr, q_ptr, k_ptr, v_ptr, do_ptr, bias_ptr, lse_ptr, delta_ptr, key_end_ptr,
+                               row_ok, first_end, bh, HEADS, LQ, LK, scale, dims, dim_ok, DIM, HAS_BIAS, ACC,
+                               BLOCK_M, True)
 
 
 _acc_types = configs.accumulator
