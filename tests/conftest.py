@@ -66,3 +66,12 @@ def tensors_on_device(request):
         return
     with torch.device(device):
         yield
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (tiny models: a second, contended thread only adds waiting)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

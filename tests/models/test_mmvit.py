@@ -25,13 +25,7 @@ SUBSETS = ["".join(c) for r in range(1, 5) for c in itertools.combinations(MODAL
 NAME_ORDERS = [(name, order) for name in NAMES for order in ORDERS[CONFIGS[name][0]["variant"]]]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run ~50x faster on one thread of this shared machine than on two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread beats two contended ones
 
 
 def tiny(name, **overrides):

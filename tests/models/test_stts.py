@@ -30,12 +30,7 @@ SMALL_NAMES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread beats two contended ones
 
 
 def small_model(name: str, **overrides):

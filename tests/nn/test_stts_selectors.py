@@ -13,12 +13,7 @@ from vidsel.nn import AnchorSpatialSelector, ScorerNetwork, TemporalSelector
 from vidsel.nn.stts_selectors import anchor_side, frames_kept, min_max_normalize, sigma_at
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread beats two contended ones
 
 
 # --- count rules and σ schedule -----------------------------------------------------------------
